@@ -1,0 +1,209 @@
+"""The global pool: providers, regions, GPU SKUs, clusters and their capacity."""
+
+from django.db import models
+from django.db.models import F, Q
+
+
+class Provider(models.Model):
+    """A cloud provider that rents GPU capacity (AWS, GCP, Nebius, ...)."""
+
+    name = models.SlugField(max_length=64, unique=True, help_text="Lower-case identifier, for example 'aws'.")
+    display_name = models.CharField(max_length=128, blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class LocationSource(models.TextChoices):
+    """How a region's coordinates were found, so approximations are never passed off as exact."""
+
+    REGION_TABLE = "region_table", "Region table"
+    CITY_MATCH = "city_match", "City match"
+    COUNTRY_APPROXIMATION = "country_approximation", "Country-level approximation"
+    BUILT_IN = "built_in", "Built-in fleet"
+
+
+class Region(models.Model):
+    """A provider's region: a place with coordinates and the jurisdiction its data falls under."""
+
+    provider = models.ForeignKey(Provider, on_delete=models.PROTECT, related_name="regions")
+    code = models.CharField(max_length=64, help_text="The provider's own region code, for example 'us-east-1'.")
+    display_name = models.CharField(max_length=128, blank=True)
+    city = models.CharField(max_length=128, blank=True)
+    country = models.CharField(max_length=128, blank=True)
+    country_code = models.CharField(max_length=2, blank=True, help_text="ISO 3166-1 alpha-2.")
+    jurisdiction = models.CharField(
+        max_length=16, blank=True, help_text="Legal area the data falls under, for example 'eu', 'us', 'uk'."
+    )
+    latitude = models.FloatField()
+    longitude = models.FloatField()
+    location_source = models.CharField(max_length=32, choices=LocationSource.choices)
+
+    class Meta:
+        ordering = ["provider__name", "code"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["provider", "code"],
+                name="region_unique_code_per_provider",
+                violation_error_message="This provider already has a region with this code.",
+            ),
+            models.CheckConstraint(
+                condition=Q(latitude__gte=-90) & Q(latitude__lte=90),
+                name="region_latitude_range",
+                violation_error_message="Latitude must be between -90 and 90.",
+            ),
+            models.CheckConstraint(
+                condition=Q(longitude__gte=-180) & Q(longitude__lte=180),
+                name="region_longitude_range",
+                violation_error_message="Longitude must be between -180 and 180.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.provider.name}/{self.code}"
+
+
+class GpuSku(models.Model):
+    """A GPU model that deployments ask for; catalog names map to it through aliases."""
+
+    name = models.CharField(max_length=32, unique=True, help_text="Canonical name, for example 'H100'.")
+    memory_gib = models.PositiveIntegerField(help_text="Memory per GPU, in GiB.")
+    aliases = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Other names catalogs use for this SKU, for example ['NVIDIA H100', 'H100-80GB'].",
+    )
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "GPU SKU"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ClusterState(models.TextChoices):
+    ACTIVE = "active", "Active"
+    CORDONED = "cordoned", "Cordoned"
+    DRAINING = "draining", "Draining"
+    DOWN = "down", "Down"
+
+
+class Cluster(models.Model):
+    """A Kubernetes cluster in one region: one separate pool of GPU capacity."""
+
+    name = models.SlugField(max_length=128, unique=True)
+    region = models.ForeignKey(Region, on_delete=models.PROTECT, related_name="clusters")
+    api_endpoint = models.URLField(max_length=255, blank=True, help_text="Kubernetes API server URL.")
+    state = models.CharField(max_length=16, choices=ClusterState.choices, default=ClusterState.ACTIVE)
+    capabilities = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Capabilities locks can require, for example ['static-egress-ip', 'soc2'].",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        # The scheduler reads every schedulable cluster on each run.
+        indexes = [models.Index(fields=["state"], name="cluster_state_idx")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_schedulable(self) -> bool:
+        return self.state == ClusterState.ACTIVE
+
+
+class PricingModel(models.TextChoices):
+    ON_DEMAND = "on_demand", "On-demand"
+    RESERVED = "reserved", "Reserved"
+    SPOT = "spot", "Spot"
+
+
+class ClusterCapacity(models.Model):
+    """GPUs of one SKU in one cluster, with what they cost per GPU-hour."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="capacities")
+    sku = models.ForeignKey(GpuSku, on_delete=models.PROTECT, related_name="capacities")
+    total_gpus = models.PositiveIntegerField()
+    allocatable_gpus = models.PositiveIntegerField()
+    in_use_gpus = models.PositiveIntegerField(
+        default=0, help_text="GPUs used by workloads MCM does not manage; MCM's own replicas are counted by plans."
+    )
+    hourly_price_per_gpu = models.DecimalField(max_digits=10, decimal_places=4, help_text="USD per GPU-hour.")
+    pricing_model = models.CharField(max_length=16, choices=PricingModel.choices, default=PricingModel.ON_DEMAND)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["cluster__name", "sku__name"]
+        verbose_name_plural = "cluster capacities"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster", "sku"],
+                name="capacity_unique_sku_per_cluster",
+                violation_error_message="This cluster already has a capacity row for this SKU.",
+            ),
+            models.CheckConstraint(
+                condition=Q(allocatable_gpus__lte=F("total_gpus")),
+                name="capacity_allocatable_within_total",
+                violation_error_message="Allocatable GPUs cannot exceed total GPUs.",
+            ),
+            models.CheckConstraint(
+                condition=Q(in_use_gpus__lte=F("allocatable_gpus")),
+                name="capacity_in_use_within_allocatable",
+                violation_error_message="GPUs in use cannot exceed allocatable GPUs.",
+            ),
+            models.CheckConstraint(
+                condition=Q(hourly_price_per_gpu__gte=0),
+                name="capacity_price_not_negative",
+                violation_error_message="The hourly price cannot be negative.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.cluster.name}: {self.allocatable_gpus} x {self.sku.name}"
+
+    @property
+    def free_gpus(self) -> int:
+        return self.allocatable_gpus - self.in_use_gpus
+
+
+class CatalogOffer(models.Model):
+    """One instance type a provider sells in a region, as read from a catalog file.
+
+    Offers say what a region sells and at what price; clusters and their GPU counts are derived
+    from them by ``build_fleet``.
+    """
+
+    region = models.ForeignKey(Region, on_delete=models.CASCADE, related_name="offers")
+    instance_type = models.CharField(max_length=128)
+    sku = models.ForeignKey(GpuSku, on_delete=models.PROTECT, related_name="offers")
+    gpu_count = models.PositiveIntegerField()
+    price = models.DecimalField(max_digits=12, decimal_places=4, help_text="On-demand USD per instance-hour.")
+    spot_price = models.DecimalField(
+        max_digits=12, decimal_places=4, null=True, blank=True, help_text="Spot USD per instance-hour, if sold."
+    )
+    source_file = models.CharField(max_length=255)
+
+    class Meta:
+        ordering = ["region", "instance_type"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["region", "instance_type", "sku", "gpu_count"],
+                name="offer_unique_instance_per_region",
+                violation_error_message="This region already lists this instance type.",
+            ),
+            models.CheckConstraint(
+                condition=Q(gpu_count__gt=0),
+                name="offer_gpu_count_positive",
+                violation_error_message="An offer must have at least one GPU.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.region}: {self.instance_type}"

@@ -1,0 +1,183 @@
+"""Settings for MCM, read from the environment.
+
+Two modes, chosen explicitly:
+
+- ``MCM_EMBEDDED=1``: a SQLite file under ``var/`` and Celery tasks run in the calling process.
+  Only the demo sets it, so that a machine with nothing but Python can run MCM.
+- otherwise ``DATABASE_URL`` and ``CELERY_BROKER_URL`` are required; a missing one is an error,
+  never a silent fall-back to the embedded mode.
+"""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+
+def env_flag(name: str, default: bool = False) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is invalid: use 1/0, true/false, yes/no or on/off")
+
+
+def env_required(name: str, hint: str) -> str:
+    value = os.environ.get(name, "")
+    if not value:
+        raise ImproperlyConfigured(f"{name} is missing: {hint}")
+    return value
+
+
+DEBUG = env_flag("DEBUG", default=False)
+MCM_EMBEDDED = env_flag("MCM_EMBEDDED", default=False)
+
+if DEBUG:
+    SECRET_KEY = os.environ.get("SECRET_KEY") or "development-only-insecure-key"
+else:
+    SECRET_KEY = env_required("SECRET_KEY", "set a long random value, or DEBUG=1 for development")
+
+ALLOWED_HOSTS = [
+    host.strip() for host in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if host.strip()
+]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "django_celery_beat",
+    "fleet",
+    "placements",
+    "compliance",
+    "tasks",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "mcm_site.urls"
+WSGI_APPLICATION = "mcm_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+if MCM_EMBEDDED:
+    EMBEDDED_DIR = Path(os.environ.get("MCM_EMBEDDED_DIR", BASE_DIR / "var"))
+    EMBEDDED_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {
+        "default": {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": EMBEDDED_DIR / "mcm.sqlite3",
+            # The demo's admin server and its planning command share the file.
+            "OPTIONS": {"timeout": 30},
+        }
+    }
+else:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            env_required("DATABASE_URL", "for example postgres://postgres@127.0.0.1:5432/mcm, or MCM_EMBEDDED=1"),
+            conn_max_age=60,
+        )
+    }
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+# Celery beat logs in Django's time zone; UTC keeps every timestamp comparable across regions.
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+
+# Celery. The embedded mode runs tasks in process; otherwise a broker URL is required.
+if MCM_EMBEDDED:
+    CELERY_BROKER_URL = "memory://"
+    CELERY_TASK_ALWAYS_EAGER = True
+    CELERY_TASK_EAGER_PROPAGATES = True
+else:
+    CELERY_BROKER_URL = env_required("CELERY_BROKER_URL", "for example redis://127.0.0.1:6379/0, or MCM_EMBEDDED=1")
+    CELERY_TASK_ALWAYS_EAGER = False
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_TIMEZONE = TIME_ZONE
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "MCM API",
+    "DESCRIPTION": "Multi-cloud Capacity Management: fleet inventory, deployments and their placement.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+}
+
+# Shared real-world data (catalogs, regions, traces); absent on a user's machine.
+MCM_DATA_DIR = Path(os.environ.get("MCM_DATA_DIR", BASE_DIR.parent / "shared" / "data"))
+
+# Scheduler limits; each can be overridden per run.
+MCM_SCHEDULER_TIME_LIMIT_S = float(os.environ.get("MCM_SCHEDULER_TIME_LIMIT_S", "60"))
+MCM_SCHEDULER_GAP_TARGET = float(os.environ.get("MCM_SCHEDULER_GAP_TARGET", "0.01"))

@@ -1,0 +1,245 @@
+"""Customers, their deployments, and the plans that place deployments' replicas on clusters."""
+
+from django.conf import settings
+from django.db import models
+from django.db.models import F, Q
+
+from fleet.models import Cluster, GpuSku, Region
+
+
+class Tier(models.TextChoices):
+    """Customer tier; when capacity is short, higher tiers are placed first."""
+
+    CRITICAL = "critical", "Critical"
+    PREMIUM = "premium", "Premium"
+    STANDARD = "standard", "Standard"
+    BEST_EFFORT = "best_effort", "Best effort"
+
+
+# Highest first; the scheduler's unmet-demand penalty follows this order.
+TIER_ORDER = [Tier.CRITICAL, Tier.PREMIUM, Tier.STANDARD, Tier.BEST_EFFORT]
+
+
+class Customer(models.Model):
+    """An inference provider's customer; its members see only its deployments."""
+
+    name = models.SlugField(max_length=64, unique=True)
+    display_name = models.CharField(max_length=128, blank=True)
+    tier = models.CharField(max_length=16, choices=Tier.choices, default=Tier.STANDARD)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="customers")
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class DeploymentQuerySet(models.QuerySet["Deployment"]):
+    def visible_to(self, user) -> "DeploymentQuerySet":
+        """Limit to what ``user`` may see: staff see every deployment, others their customers' ones."""
+        if not user.is_authenticated:
+            return self.none()
+        if user.is_staff:
+            return self
+        return self.filter(customer__members=user)
+
+
+class Deployment(models.Model):
+    """A model-serving deployment: replicas of one GPU shape that MCM places across clusters."""
+
+    customer = models.ForeignKey(Customer, on_delete=models.PROTECT, related_name="deployments")
+    name = models.SlugField(max_length=63, help_text="Kubernetes-safe name, unique per customer.")
+    sku = models.ForeignKey(GpuSku, on_delete=models.PROTECT, related_name="deployments")
+    alternative_skus = models.ManyToManyField(
+        GpuSku, blank=True, related_name="alternative_for", help_text="Other SKUs a replica may run on."
+    )
+    gpus_per_replica = models.PositiveSmallIntegerField(default=1)
+    min_replicas = models.PositiveIntegerField(default=1)
+    desired_replicas = models.PositiveIntegerField(default=1)
+    max_replicas = models.PositiveIntegerField(default=1)
+    min_providers = models.PositiveSmallIntegerField(
+        default=1, help_text="Replicas must span at least this many providers."
+    )
+    min_regions = models.PositiveSmallIntegerField(default=1, help_text="Replicas must span at least this many regions.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DeploymentQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["customer__name", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["customer", "name"],
+                name="deployment_unique_name_per_customer",
+                violation_error_message="This customer already has a deployment with this name.",
+            ),
+            models.CheckConstraint(
+                condition=Q(gpus_per_replica__gte=1) & Q(gpus_per_replica__lte=16),
+                name="deployment_gpus_per_replica_range",
+                violation_error_message="GPUs per replica must be between 1 and 16.",
+            ),
+            models.CheckConstraint(
+                condition=Q(min_replicas__lte=F("desired_replicas")) & Q(desired_replicas__lte=F("max_replicas")),
+                name="deployment_replicas_ordered",
+                violation_error_message="Replicas must satisfy min <= desired <= max.",
+            ),
+            models.CheckConstraint(
+                condition=Q(min_providers__gte=1) & Q(min_regions__gte=1),
+                name="deployment_spread_positive",
+                violation_error_message="Minimum providers and regions must be at least 1.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.customer.name}/{self.name}"
+
+
+class RegionPreference(models.Model):
+    """One entry of a deployment's ordered region preference; rank 0 is the most preferred.
+
+    Preference is an order, not a closed list: regions that are not listed stay allowed, after
+    every listed one.
+    """
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="region_preferences")
+    region = models.ForeignKey(Region, on_delete=models.CASCADE, related_name="+")
+    rank = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["deployment", "rank"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "rank"],
+                name="preference_unique_rank",
+                violation_error_message="Two preferences of this deployment have the same rank.",
+            ),
+            models.UniqueConstraint(
+                fields=["deployment", "region"],
+                name="preference_unique_region",
+                violation_error_message="This region is already in the deployment's preference.",
+            ),
+        ]
+
+
+class DemandOrigin(models.Model):
+    """A place a deployment's users are, with its share of the deployment's traffic."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="demand_origins")
+    name = models.CharField(max_length=128, help_text="Usually a city.")
+    country_code = models.CharField(max_length=2, blank=True)
+    latitude = models.FloatField()
+    longitude = models.FloatField()
+    share = models.FloatField(help_text="Fraction of the deployment's traffic, in (0, 1].")
+
+    class Meta:
+        ordering = ["deployment", "-share"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(share__gt=0) & Q(share__lte=1),
+                name="origin_share_range",
+                violation_error_message="A demand share must be greater than 0 and at most 1.",
+            ),
+            models.CheckConstraint(
+                condition=Q(latitude__gte=-90) & Q(latitude__lte=90) & Q(longitude__gte=-180) & Q(longitude__lte=180),
+                name="origin_coordinates_range",
+                violation_error_message="Latitude must be within [-90, 90] and longitude within [-180, 180].",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.share:.0%})"
+
+
+class PlanStatus(models.TextChoices):
+    DRY_RUN = "dry_run", "Dry run"
+    APPLIED = "applied", "Applied"
+    SUPERSEDED = "superseded", "Superseded"
+    FAILED = "failed", "Failed"
+
+
+class PlanTrigger(models.TextChoices):
+    MANUAL = "manual", "Manual"
+    SCHEDULE = "schedule", "Schedule"
+    DEMO = "demo", "Demo"
+    API = "api", "API"
+
+
+class PlacementPlan(models.Model):
+    """One scheduler run: its inputs, how it was solved and, through assignments, its result."""
+
+    version = models.PositiveIntegerField(unique=True)
+    trigger = models.CharField(max_length=16, choices=PlanTrigger.choices)
+    status = models.CharField(max_length=16, choices=PlanStatus.choices)
+    parameters = models.JSONField(default=dict, blank=True, help_text="Run options, such as excluded providers.")
+    inputs_digest = models.CharField(max_length=64, help_text="SHA-256 of the scheduler's input.")
+    objective = models.FloatField(null=True, blank=True)
+    objective_terms = models.JSONField(default=dict, blank=True, help_text="The objective split by term.")
+    bound = models.FloatField(null=True, blank=True, help_text="Best lower bound the solver proved.")
+    gap = models.FloatField(null=True, blank=True, help_text="Relative optimality gap, (objective - bound) / objective.")
+    greedy_objective = models.FloatField(null=True, blank=True)
+    solver = models.CharField(max_length=64, help_text="Solver that produced the kept solution, or 'greedy'.")
+    solver_status = models.CharField(max_length=64, blank=True)
+    build_seconds = models.FloatField(default=0)
+    solve_seconds = models.FloatField(default=0)
+    summary = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-version"]
+        # The current placement is the newest applied plan.
+        indexes = [models.Index(fields=["status", "-version"], name="plan_status_version_idx")]
+
+    def __str__(self) -> str:
+        return f"plan v{self.version} ({self.status})"
+
+
+class Assignment(models.Model):
+    """Replicas of one deployment that a plan puts on one cluster, on one SKU."""
+
+    plan = models.ForeignKey(PlacementPlan, on_delete=models.CASCADE, related_name="assignments")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="assignments")
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="assignments")
+    sku = models.ForeignKey(GpuSku, on_delete=models.PROTECT, related_name="+")
+    replicas = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["plan", "deployment", "cluster"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["plan", "deployment", "cluster", "sku"],
+                name="assignment_unique_per_plan",
+                violation_error_message="This plan already assigns this deployment to this cluster and SKU.",
+            ),
+            models.CheckConstraint(
+                condition=Q(replicas__gt=0),
+                name="assignment_replicas_positive",
+                violation_error_message="An assignment must place at least one replica.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment} -> {self.cluster}: {self.replicas}"
+
+
+class DeploymentOutcome(models.Model):
+    """What a plan decided for one deployment: replicas placed, replicas short, and why."""
+
+    plan = models.ForeignKey(PlacementPlan, on_delete=models.CASCADE, related_name="outcomes")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="outcomes")
+    placed_replicas = models.PositiveIntegerField()
+    unmet_replicas = models.PositiveIntegerField()
+    explanation = models.JSONField(default=dict, help_text="Why each cluster was or was not used.")
+
+    class Meta:
+        ordering = ["plan", "deployment"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["plan", "deployment"],
+                name="outcome_unique_per_plan",
+                violation_error_message="This plan already has an outcome for this deployment.",
+            ),
+        ]
