@@ -16,9 +16,7 @@ class PlacementLock(models.Model):
     """
 
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, null=True, blank=True, related_name="locks")
-    deployment = models.ForeignKey(
-        Deployment, on_delete=models.CASCADE, null=True, blank=True, related_name="locks"
-    )
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, null=True, blank=True, related_name="locks")
     allowed_regions = models.ManyToManyField(Region, blank=True, related_name="+")
     allowed_jurisdictions = models.JSONField(
         default=list, blank=True, help_text="Jurisdiction codes, for example ['eu']; empty allows any."
@@ -73,4 +71,5 @@ class AuditEvent(models.Model):
         indexes = [models.Index(fields=["subject_type", "subject_id", "-created_at"], name="audit_subject_idx")]
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {self.subject_type}:{self.subject_id}"
+        subject = f"{self.subject_type}:{self.subject_id}"
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {subject}"

@@ -4,11 +4,25 @@ from django.db import models
 from django.db.models import F, Q
 
 
+class InventoryQuerySet(models.QuerySet):
+    def visible_to(self, user) -> "InventoryQuerySet":
+        """Limit to what ``user`` may see: the pool's inventory is open to every signed-in user.
+
+        Customers need providers, regions, SKUs and clusters to write region preferences and to
+        read where their replicas run.
+        """
+        if not user.is_authenticated:
+            return self.none()
+        return self
+
+
 class Provider(models.Model):
     """A cloud provider that rents GPU capacity (AWS, GCP, Nebius, ...)."""
 
     name = models.SlugField(max_length=64, unique=True, help_text="Lower-case identifier, for example 'aws'.")
     display_name = models.CharField(max_length=128, blank=True)
+
+    objects = InventoryQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -41,6 +55,8 @@ class Region(models.Model):
     latitude = models.FloatField()
     longitude = models.FloatField()
     location_source = models.CharField(max_length=32, choices=LocationSource.choices)
+
+    objects = InventoryQuerySet.as_manager()
 
     class Meta:
         ordering = ["provider__name", "code"]
@@ -77,6 +93,8 @@ class GpuSku(models.Model):
         help_text="Other names catalogs use for this SKU, for example ['NVIDIA H100', 'H100-80GB'].",
     )
 
+    objects = InventoryQuerySet.as_manager()
+
     class Meta:
         ordering = ["name"]
         verbose_name = "GPU SKU"
@@ -104,7 +122,18 @@ class Cluster(models.Model):
         blank=True,
         help_text="Capabilities locks can require, for example ['static-egress-ip', 'soc2'].",
     )
+    credentials_encrypted = models.TextField(
+        blank=True, editable=False, help_text="Fernet-encrypted credentials; see fleet.credentials."
+    )
+    last_heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="Last time the cluster answered a poll or pushed an event."
+    )
+    last_applied_sequence = models.BigIntegerField(
+        default=0, help_text="Pushed events up to this per-cluster sequence number have been applied."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+
+    objects = InventoryQuerySet.as_manager()
 
     class Meta:
         ordering = ["name"]
@@ -138,6 +167,8 @@ class ClusterCapacity(models.Model):
     hourly_price_per_gpu = models.DecimalField(max_digits=10, decimal_places=4, help_text="USD per GPU-hour.")
     pricing_model = models.CharField(max_length=16, choices=PricingModel.choices, default=PricingModel.ON_DEMAND)
     updated_at = models.DateTimeField(auto_now=True)
+
+    objects = InventoryQuerySet.as_manager()
 
     class Meta:
         ordering = ["cluster__name", "sku__name"]
@@ -207,3 +238,82 @@ class CatalogOffer(models.Model):
 
     def __str__(self) -> str:
         return f"{self.region}: {self.instance_type}"
+
+
+class TelemetrySource(models.TextChoices):
+    PULL = "pull", "Pulled from the cluster's API"
+    PUSH = "push", "Pushed by an agent"
+
+
+class TelemetrySnapshot(models.Model):
+    """What one cluster reported at one time: GPUs by SKU and MCM's Deployments' replicas."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="snapshots")
+    taken_at = models.DateTimeField(auto_now_add=True)
+    source = models.CharField(max_length=8, choices=TelemetrySource.choices)
+    ok = models.BooleanField(help_text="False when the cluster could not be read; see error.")
+    error = models.TextField(blank=True)
+    gpus_by_sku = models.JSONField(
+        default=dict, blank=True, help_text='SKU -> {"allocatable": GPUs, "nodes": ready nodes}.'
+    )
+    unknown_gpu_products = models.JSONField(default=list, blank=True, help_text="GPU product labels with no SKU.")
+    deployments = models.JSONField(
+        default=dict, blank=True, help_text='MCM deployment id -> {"name", "replicas", "ready"}.'
+    )
+
+    class Meta:
+        ordering = ["-taken_at"]
+        # Reconciliation and the admin read each cluster's latest snapshot.
+        indexes = [models.Index(fields=["cluster", "-taken_at"], name="snapshot_cluster_taken_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.cluster.name} at {self.taken_at:%Y-%m-%d %H:%M:%S} ({self.source})"
+
+
+class EventKind(models.TextChoices):
+    CAPACITY = "capacity", "Capacity"
+    UTILIZATION = "utilization", "Utilization"
+    HEALTH = "health", "Health"
+    TRAFFIC = "traffic", "Traffic demand"
+
+
+class ClusterEvent(models.Model):
+    """One event pushed by a cluster's agent, stored before anything reacts to it.
+
+    ``event_id`` makes a re-sent event a no-op; ``sequence`` orders a cluster's events so that
+    they are applied in order however batches arrive.
+    """
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="events")
+    event_id = models.CharField(max_length=64)
+    sequence = models.BigIntegerField()
+    kind = models.CharField(max_length=16, choices=EventKind.choices)
+    occurred_at = models.DateTimeField()
+    payload = models.JSONField(default=dict)
+    received_at = models.DateTimeField(auto_now_add=True)
+    applied_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["cluster", "sequence"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster", "event_id"],
+                name="event_unique_id_per_cluster",
+                violation_error_message="This cluster already sent an event with this id.",
+            ),
+            models.UniqueConstraint(
+                fields=["cluster", "sequence"],
+                name="event_unique_sequence_per_cluster",
+                violation_error_message="This cluster already sent another event with this sequence number.",
+            ),
+            models.CheckConstraint(
+                condition=Q(sequence__gt=0),
+                name="event_sequence_positive",
+                violation_error_message="Sequence numbers start at 1.",
+            ),
+        ]
+        # The applier reads each cluster's unapplied events in sequence order.
+        indexes = [models.Index(fields=["cluster", "applied_at", "sequence"], name="event_unapplied_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.cluster.name} #{self.sequence} {self.kind}"

@@ -1,5 +1,23 @@
+"""Routes of the REST API under /api/v1/: kebab-case plural resource names."""
+
+from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-router = DefaultRouter()
+from fleet.api import ClusterCapacityViewSet, ClusterViewSet, GpuSkuViewSet, ProviderViewSet, RegionViewSet
+from fleet.api_events import EventIngestView
+from placements.api import DeploymentViewSet, PlacementPlanViewSet
 
-urlpatterns = router.urls
+router = DefaultRouter()
+router.register("providers", ProviderViewSet, basename="provider")
+router.register("regions", RegionViewSet, basename="region")
+router.register("gpu-skus", GpuSkuViewSet, basename="gpu-sku")
+router.register("clusters", ClusterViewSet, basename="cluster")
+router.register("capacities", ClusterCapacityViewSet, basename="capacity")
+router.register("deployments", DeploymentViewSet, basename="deployment")
+router.register("plans", PlacementPlanViewSet, basename="plan")
+
+# Agents post to "events" without a trailing slash; both forms reach the view, and only one is in the schema.
+urlpatterns = router.urls + [
+    path("events", EventIngestView.as_view(), name="event-ingest"),
+    path("events/", EventIngestView.as_view(schema=None), name="event-ingest-slash"),
+]

@@ -181,3 +181,27 @@ MCM_DATA_DIR = Path(os.environ.get("MCM_DATA_DIR", BASE_DIR.parent / "shared" / 
 # Scheduler limits; each can be overridden per run.
 MCM_SCHEDULER_TIME_LIMIT_S = float(os.environ.get("MCM_SCHEDULER_TIME_LIMIT_S", "60"))
 MCM_SCHEDULER_GAP_TARGET = float(os.environ.get("MCM_SCHEDULER_GAP_TARGET", "0.01"))
+
+# Fernet keys for cluster credentials at rest, comma-separated, newest first. Development derives
+# one from SECRET_KEY so that DEBUG=1 needs no extra set-up; production must set its own.
+if os.environ.get("MCM_CREDENTIALS_KEYS"):
+    MCM_CREDENTIALS_KEYS = [key.strip() for key in os.environ["MCM_CREDENTIALS_KEYS"].split(",") if key.strip()]
+elif DEBUG:
+    import base64
+    import hashlib
+
+    MCM_CREDENTIALS_KEYS = [base64.urlsafe_b64encode(hashlib.sha256(SECRET_KEY.encode()).digest()).decode()]
+else:
+    MCM_CREDENTIALS_KEYS = []
+
+# Execution of plans through the clusters' Kubernetes APIs, and reconciliation.
+# Seconds a cluster API call may take before it fails as retryable.
+MCM_CLUSTER_API_TIMEOUT_S = float(os.environ.get("MCM_CLUSTER_API_TIMEOUT_S", "10"))
+# Maximum API calls per second to one cluster, per worker process.
+MCM_CLUSTER_CALLS_PER_SECOND = float(os.environ.get("MCM_CLUSTER_CALLS_PER_SECOND", "20"))
+# Failed attempts after which an execution step is marked failed (non-retryable errors fail at once).
+MCM_EXECUTION_MAX_ATTEMPTS = int(os.environ.get("MCM_EXECUTION_MAX_ATTEMPTS", "5"))
+# Seconds between execution passes while a plan's replicas come up.
+MCM_EXECUTION_POLL_S = float(os.environ.get("MCM_EXECUTION_POLL_S", "2"))
+# Seconds a step may stay pending before the reconciler marks it failed and requests a re-plan.
+MCM_EXECUTION_TIMEOUT_S = float(os.environ.get("MCM_EXECUTION_TIMEOUT_S", "600"))

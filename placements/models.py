@@ -61,7 +61,9 @@ class Deployment(models.Model):
     min_providers = models.PositiveSmallIntegerField(
         default=1, help_text="Replicas must span at least this many providers."
     )
-    min_regions = models.PositiveSmallIntegerField(default=1, help_text="Replicas must span at least this many regions.")
+    min_regions = models.PositiveSmallIntegerField(
+        default=1, help_text="Replicas must span at least this many regions."
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -166,6 +168,14 @@ class PlanTrigger(models.TextChoices):
     API = "api", "API"
 
 
+class PlacementPlanQuerySet(models.QuerySet["PlacementPlan"]):
+    def visible_to(self, user) -> "PlacementPlanQuerySet":
+        """Limit to what ``user`` may see: plans span every customer, so only staff see them."""
+        if user.is_authenticated and user.is_staff:
+            return self
+        return self.none()
+
+
 class PlacementPlan(models.Model):
     """One scheduler run: its inputs, how it was solved and, through assignments, its result."""
 
@@ -177,7 +187,9 @@ class PlacementPlan(models.Model):
     objective = models.FloatField(null=True, blank=True)
     objective_terms = models.JSONField(default=dict, blank=True, help_text="The objective split by term.")
     bound = models.FloatField(null=True, blank=True, help_text="Best lower bound the solver proved.")
-    gap = models.FloatField(null=True, blank=True, help_text="Relative optimality gap, (objective - bound) / objective.")
+    gap = models.FloatField(
+        null=True, blank=True, help_text="Relative optimality gap, (objective - bound) / objective."
+    )
     greedy_objective = models.FloatField(null=True, blank=True)
     solver = models.CharField(max_length=64, help_text="Solver that produced the kept solution, or 'greedy'.")
     solver_status = models.CharField(max_length=64, blank=True)
@@ -187,6 +199,8 @@ class PlacementPlan(models.Model):
     error = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     applied_at = models.DateTimeField(null=True, blank=True)
+
+    objects = PlacementPlanQuerySet.as_manager()
 
     class Meta:
         ordering = ["-version"]
@@ -243,3 +257,88 @@ class DeploymentOutcome(models.Model):
                 violation_error_message="This plan already has an outcome for this deployment.",
             ),
         ]
+
+
+class SchedulerLock(models.Model):
+    """A single row that a run applying a plan locks, so only one plan is applied at a time."""
+
+    name = models.CharField(max_length=32, unique=True, default="global")
+
+    @classmethod
+    def acquire(cls) -> "SchedulerLock":
+        """Lock the row until the surrounding transaction ends; blocks while another run holds it.
+
+        SQLite ignores ``select_for_update``, but it allows one writing transaction at a time.
+        """
+        cls.objects.get_or_create(name="global")
+        return cls.objects.select_for_update().get(name="global")
+
+
+class StepStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    EXECUTED = "executed", "Executed"
+    FAILED = "failed", "Failed"
+    SUPERSEDED = "superseded", "Superseded by a newer plan"
+
+
+class StepPhase(models.TextChoices):
+    """Make-before-break order: every scale-up of a deployment is ready before its scale-downs run."""
+
+    SCALE_UP = "scale_up", "Create or scale up"
+    SCALE_DOWN = "scale_down", "Scale down or remove"
+
+
+class ExecutionStep(models.Model):
+    """One decision of an applied plan for one cluster: run this many replicas of a deployment there."""
+
+    plan = models.ForeignKey(PlacementPlan, on_delete=models.CASCADE, related_name="steps")
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="steps")
+    cluster = models.ForeignKey(Cluster, on_delete=models.PROTECT, related_name="steps")
+    sku = models.ForeignKey(GpuSku, on_delete=models.PROTECT, related_name="+")
+    phase = models.CharField(max_length=16, choices=StepPhase.choices)
+    desired_replicas = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=StepStatus.choices, default=StepStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    observed_replicas = models.PositiveIntegerField(null=True, blank=True)
+    observed_ready = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+    executed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["plan", "phase", "cluster", "deployment"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["plan", "deployment", "cluster"],
+                name="step_unique_per_plan",
+                violation_error_message="This plan already has a step for this deployment on this cluster.",
+            ),
+        ]
+        # The executor and the reconciler read a cluster's pending steps.
+        indexes = [models.Index(fields=["cluster", "status"], name="step_cluster_status_idx")]
+
+    def __str__(self) -> str:
+        return f"v{self.plan.version} {self.deployment} on {self.cluster}: {self.desired_replicas} ({self.status})"
+
+
+class DriftRecord(models.Model):
+    """A difference found by reconciliation between decided and observed replicas."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="drift_records")
+    deployment = models.ForeignKey(
+        Deployment, on_delete=models.SET_NULL, null=True, blank=True, related_name="drift_records"
+    )
+    kubernetes_name = models.CharField(max_length=253)
+    desired_replicas = models.PositiveIntegerField()
+    observed_replicas = models.PositiveIntegerField()
+    ready_replicas = models.PositiveIntegerField()
+    action = models.CharField(max_length=64, help_text="What reconciliation did, for example 'scaled' or 'deleted'.")
+    detected_at = models.DateTimeField(auto_now_add=True)
+    repaired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-detected_at"]
+
+    def __str__(self) -> str:
+        return f"{self.cluster}: {self.kubernetes_name} {self.observed_replicas}/{self.desired_replicas}"

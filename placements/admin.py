@@ -1,0 +1,444 @@
+"""Admin for customers, deployments and the plans that place them.
+
+Deployment writes go through ``placements.services``, so the admin validates like the API and
+writes the same audit events. Plans can hold tens of thousands of assignments, so a plan's page
+shows totals per provider and region with links to the filtered assignment list, never every row.
+"""
+
+import json
+
+from django import forms
+from django.contrib import admin
+from django.core.exceptions import ValidationError
+from django.db.models import Count, OuterRef, Subquery, Sum
+from django.urls import reverse
+from django.utils.html import format_html, format_html_join
+from django.utils.http import urlencode
+
+from placements.models import (
+    Assignment,
+    Customer,
+    DemandOrigin,
+    Deployment,
+    DeploymentOutcome,
+    PlacementPlan,
+    RegionPreference,
+)
+from placements.services import (
+    INTEGER_FIELDS,
+    create_deployment,
+    current_plan,
+    delete_deployment,
+    deployment_explanation,
+    deployment_placement,
+    update_deployment,
+    validate_demand_origins,
+    validate_deployment_fields,
+    validate_region_preference,
+)
+
+# How many rows a plan's page lists inline before it links to the full changelist.
+PLAN_PAGE_ROW_LIMIT = 25
+
+
+@admin.register(Customer)
+class CustomerAdmin(admin.ModelAdmin):
+    list_display = ["name", "display_name", "tier", "deployment_count", "member_count"]
+    list_filter = ["tier"]
+    search_fields = ["name", "display_name", "members__username"]
+    filter_horizontal = ["members"]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                deployment_count=Count("deployments", distinct=True), member_count=Count("members", distinct=True)
+            )
+        )
+
+    @admin.display(description="deployments", ordering="deployment_count")
+    def deployment_count(self, customer):
+        return customer.deployment_count
+
+    @admin.display(description="members", ordering="member_count")
+    def member_count(self, customer):
+        return customer.member_count
+
+
+# Deployments.
+
+
+class DeploymentAdminForm(forms.ModelForm):
+    class Meta:
+        model = Deployment
+        fields = ["customer", "name", "sku", "alternative_skus", *INTEGER_FIELDS]
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned  # a field failed to parse, so the service checks would repeat its error
+        customer = cleaned.get("customer") or (self.instance.customer if self.instance.pk else None)
+        try:
+            validate_deployment_fields(cleaned, customer=customer, instance=self.instance)
+        except ValidationError as error:
+            self.add_error(None, error)
+        return cleaned
+
+
+class RegionPreferenceFormSet(forms.BaseInlineFormSet):
+    def clean(self):
+        super().clean()
+        try:
+            validate_region_preference(ordered_regions(self))
+        except ValidationError as error:
+            raise ValidationError(error.message_dict["region_preference"]) from error
+
+
+class DemandOriginFormSet(forms.BaseInlineFormSet):
+    def clean(self):
+        super().clean()
+        try:
+            validate_demand_origins(origin_rows(self))
+        except ValidationError as error:
+            raise ValidationError(error.message_dict["demand_origins"]) from error
+
+
+def kept_forms(formset) -> list:
+    """Return the inline forms that contain a row to save: filled in and not marked for deletion."""
+    return [
+        form
+        for form in formset.forms
+        if form.cleaned_data and not form.cleaned_data.get("DELETE") and form not in formset.deleted_forms
+    ]
+
+
+def ordered_regions(formset) -> list:
+    rows = sorted(kept_forms(formset), key=lambda form: form.cleaned_data.get("rank") or 0)
+    return [form.cleaned_data["region"] for form in rows if form.cleaned_data.get("region")]
+
+
+def origin_rows(formset) -> list[dict]:
+    fields = ["name", "country_code", "latitude", "longitude", "share"]
+    return [{field: form.cleaned_data.get(field) for field in fields} for form in kept_forms(formset)]
+
+
+class RegionPreferenceInline(admin.TabularInline):
+    model = RegionPreference
+    formset = RegionPreferenceFormSet
+    fields = ["rank", "region"]
+    extra = 0
+    ordering = ["rank"]
+
+
+class DemandOriginInline(admin.TabularInline):
+    model = DemandOrigin
+    formset = DemandOriginFormSet
+    fields = ["name", "country_code", "latitude", "longitude", "share"]
+    extra = 0
+
+
+class PlacementStateFilter(admin.SimpleListFilter):
+    """Deployments bucketed by what the current plan did for them."""
+
+    title = "current placement"
+    parameter_name = "placement"
+
+    def lookups(self, request, model_admin):
+        return [("short", "Short of replicas"), ("placed", "Fully placed"), ("unplanned", "Not in the current plan")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "short":
+            return queryset.filter(current_unmet__gt=0)
+        if self.value() == "placed":
+            return queryset.filter(current_unmet=0)
+        if self.value() == "unplanned":
+            return queryset.filter(current_unmet__isnull=True)
+        return queryset
+
+
+@admin.register(Deployment)
+class DeploymentAdmin(admin.ModelAdmin):
+    form = DeploymentAdminForm
+    inlines = [RegionPreferenceInline, DemandOriginInline]
+    list_display = [
+        "name",
+        "customer",
+        "tier",
+        "sku",
+        "gpus_per_replica",
+        "min_replicas",
+        "desired_replicas",
+        "max_replicas",
+        "current_placed",
+        "current_unmet",
+    ]
+    list_filter = [PlacementStateFilter, "customer__tier", "sku", "customer"]
+    list_select_related = ["customer", "sku"]
+    search_fields = ["name", "customer__name"]
+    filter_horizontal = ["alternative_skus"]
+    readonly_fields = ["current_placement", "current_explanation", "created_at", "updated_at"]
+
+    def get_queryset(self, request):
+        outcomes = DeploymentOutcome.objects.filter(plan=current_plan(), deployment=OuterRef("pk"))
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(
+                current_placed=Subquery(outcomes.values("placed_replicas")[:1]),
+                current_unmet=Subquery(outcomes.values("unmet_replicas")[:1]),
+            )
+        )
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        return ["customer", *fields] if obj is not None else fields
+
+    @admin.display(description="tier", ordering="customer__tier")
+    def tier(self, deployment):
+        return deployment.customer.get_tier_display()
+
+    @admin.display(description="placed", ordering="current_placed")
+    def current_placed(self, deployment):
+        return deployment.current_placed
+
+    @admin.display(description="unmet", ordering="current_unmet")
+    def current_unmet(self, deployment):
+        return deployment.current_unmet
+
+    @admin.display(description="placement in the current plan")
+    def current_placement(self, deployment):
+        if deployment.pk is None:
+            return "-"
+        placement = deployment_placement(deployment)
+        if placement["plan_version"] is None:
+            return "No plan has been applied yet."
+        header = format_html(
+            "Plan v{}: {} placed, {} unmet.",
+            placement["plan_version"],
+            placement["placed_replicas"],
+            "unknown" if placement["unmet_replicas"] is None else placement["unmet_replicas"],
+        )
+        rows = format_html_join(
+            "",
+            "<li>{} ({}, {}): {} x {}</li>",
+            (
+                (row["cluster"], row["region"], row["provider"], row["replicas"], row["sku"])
+                for row in placement["assignments"]
+            ),
+        )
+        return format_html("{}<ul>{}</ul>", header, rows)
+
+    @admin.display(description="explanation from the current plan")
+    def current_explanation(self, deployment):
+        if deployment.pk is None:
+            return "-"
+        explanation = deployment_explanation(deployment)["explanation"]
+        if explanation is None:
+            return "The current plan has no explanation for this deployment."
+        return format_html("<pre>{}</pre>", json.dumps(explanation, indent=2, sort_keys=True))
+
+    # Writes go through the services. The admin passes the inline rows to them instead of saving them itself.
+
+    def save_model(self, request, obj, form, change):
+        """Do nothing here: ``save_related`` saves the deployment and its inlines in one service call."""
+
+    def save_related(self, request, form, formsets, change):
+        data = {field: form.cleaned_data[field] for field in ["name", "sku", *INTEGER_FIELDS]}
+        data["alternative_skus"] = list(form.cleaned_data["alternative_skus"])
+        for formset in formsets:
+            if isinstance(formset, RegionPreferenceFormSet):
+                data["region_preference"] = ordered_regions(formset)
+            elif isinstance(formset, DemandOriginFormSet):
+                data["demand_origins"] = origin_rows(formset)
+        if change:
+            saved = update_deployment(actor=request.user, deployment=form.instance, data=data)
+        else:
+            saved = create_deployment(actor=request.user, customer=form.cleaned_data["customer"], data=data)
+        # The admin logs and redirects with the form's instance, so give it the saved row's key.
+        form.instance.pk = saved.pk
+
+    def construct_change_message(self, request, form, formsets, add=False):
+        # The services saved the inline rows, so the formsets never recorded what they changed.
+        return super().construct_change_message(request, form, [], add)
+
+    def delete_model(self, request, obj):
+        delete_deployment(actor=request.user, deployment=obj, reason="Deleted in the admin.")
+
+    def delete_queryset(self, request, queryset):
+        for deployment in queryset:
+            delete_deployment(actor=request.user, deployment=deployment, reason="Deleted in the admin.")
+
+
+# Plans, their assignments and outcomes: written only by the scheduler, so read-only here.
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class PlanFilter(admin.SimpleListFilter):
+    """Rows of one plan. The filter lists the latest plans and accepts any plan id in the URL."""
+
+    title = "plan"
+    parameter_name = "plan"
+
+    def lookups(self, request, model_admin):
+        plans = PlacementPlan.objects.order_by("-version")[:PLAN_PAGE_ROW_LIMIT]
+        return [(str(plan.pk), str(plan)) for plan in plans]
+
+    def queryset(self, request, queryset):
+        if self.value():
+            return queryset.filter(plan_id=self.value())
+        return queryset
+
+
+@admin.register(PlacementPlan)
+class PlacementPlanAdmin(ReadOnlyAdmin):
+    list_display = [
+        "version",
+        "status",
+        "trigger",
+        "objective",
+        "gap",
+        "solver",
+        "solver_status",
+        "solve_seconds",
+        "created_at",
+        "applied_at",
+    ]
+    list_filter = ["status", "trigger", "solver"]
+    search_fields = ["version", "solver_status", "error"]
+    readonly_fields = ["placement_by_location", "shortfalls"]
+    fieldsets = [
+        (None, {"fields": ["version", "status", "trigger", "created_at", "applied_at", "parameters"]}),
+        (
+            "Solution",
+            {
+                "fields": [
+                    "objective",
+                    "objective_terms",
+                    "bound",
+                    "gap",
+                    "greedy_objective",
+                    "solver",
+                    "solver_status",
+                    "build_seconds",
+                    "solve_seconds",
+                    "inputs_digest",
+                    "summary",
+                    "error",
+                ]
+            },
+        ),
+        ("Placement", {"fields": ["placement_by_location", "shortfalls"]}),
+    ]
+
+    @admin.display(description="replicas by provider and region")
+    def placement_by_location(self, plan):
+        rows = (
+            Assignment.objects.filter(plan=plan)
+            .values("cluster__region_id", "cluster__region__provider__name", "cluster__region__code")
+            .annotate(replicas=Sum("replicas"), assignments=Count("pk"))
+            .order_by("cluster__region__provider__name", "cluster__region__code")
+        )
+        changelist = reverse("admin:placements_assignment_changelist")
+        return (
+            format_html_join(
+                "",
+                '<div><a href="{}?{}">{}/{}</a>: {} replicas in {} assignments</div>',
+                (
+                    (
+                        changelist,
+                        urlencode({"plan": plan.pk, "cluster__region__id__exact": row["cluster__region_id"]}),
+                        row["cluster__region__provider__name"],
+                        row["cluster__region__code"],
+                        row["replicas"],
+                        row["assignments"],
+                    )
+                    for row in rows
+                ),
+            )
+            or "No assignments."
+        )
+
+    @admin.display(description="deployments short of replicas")
+    def shortfalls(self, plan):
+        short = (
+            DeploymentOutcome.objects.filter(plan=plan, unmet_replicas__gt=0)
+            .select_related("deployment__customer")
+            .order_by("-unmet_replicas")
+        )
+        total = short.count()
+        changelist = reverse("admin:placements_deploymentoutcome_changelist")
+        link = format_html(
+            '<a href="{}?{}">All {} outcomes short of replicas</a>',
+            changelist,
+            urlencode({"plan": plan.pk, "short": "yes"}),
+            total,
+        )
+        rows = format_html_join(
+            "",
+            "<li>{}: {} unmet, {} placed</li>",
+            (
+                (outcome.deployment, outcome.unmet_replicas, outcome.placed_replicas)
+                for outcome in short[:PLAN_PAGE_ROW_LIMIT]
+            ),
+        )
+        return format_html("<ul>{}</ul>{}", rows, link)
+
+
+@admin.register(Assignment)
+class AssignmentAdmin(ReadOnlyAdmin):
+    list_display = ["plan", "deployment", "cluster", "provider", "region", "sku", "replicas"]
+    list_filter = [PlanFilter, "cluster__region__provider", "cluster__region", "sku"]
+    list_select_related = ["plan", "deployment__customer", "cluster__region__provider", "sku"]
+    search_fields = ["deployment__name", "deployment__customer__name", "cluster__name"]
+    list_per_page = 100
+    # Counting every assignment of every plan is slow once plans contain many rows.
+    show_full_result_count = False
+
+    @admin.display(description="provider", ordering="cluster__region__provider__name")
+    def provider(self, assignment):
+        return assignment.cluster.region.provider
+
+    @admin.display(description="region", ordering="cluster__region__code")
+    def region(self, assignment):
+        return assignment.cluster.region
+
+
+class ShortOfReplicasFilter(admin.SimpleListFilter):
+    title = "short of replicas"
+    parameter_name = "short"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Yes"), ("no", "No")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(unmet_replicas__gt=0)
+        if self.value() == "no":
+            return queryset.filter(unmet_replicas=0)
+        return queryset
+
+
+@admin.register(DeploymentOutcome)
+class DeploymentOutcomeAdmin(ReadOnlyAdmin):
+    list_display = ["plan", "deployment", "placed_replicas", "unmet_replicas"]
+    list_filter = [PlanFilter, ShortOfReplicasFilter, "deployment__customer__tier"]
+    list_select_related = ["plan", "deployment__customer"]
+    search_fields = ["deployment__name", "deployment__customer__name"]
+    readonly_fields = ["explanation_text"]
+    fields = ["plan", "deployment", "placed_replicas", "unmet_replicas", "explanation_text"]
+    show_full_result_count = False
+
+    @admin.display(description="explanation")
+    def explanation_text(self, outcome):
+        return format_html("<pre>{}</pre>", json.dumps(outcome.explanation, indent=2, sort_keys=True))

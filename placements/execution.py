@@ -1,0 +1,438 @@
+"""Execution of an applied plan through the clusters' Kubernetes APIs, make-before-break.
+
+``prepare_steps`` turns a plan into ``ExecutionStep`` rows, one per deployment and cluster.
+``advance_plan`` runs one pass over a plan's pending steps. It reads each involved cluster once,
+then writes what is missing and marks a step executed once the cluster reports exactly the
+desired replicas, all ready.
+
+Make-before-break rule: a write that lowers a cluster's replica count waits until the
+deployment's replacements are ready. A write lowers the count when the fresh observation shows
+more replicas than the step wants. Replacements are ready when every cluster that the plan gives
+the deployment reports at least the planned number of ready replicas. Writes that add replicas
+never wait. The gate uses the fresh observation rather
+than the step's phase, so a phase guessed from a stale observation cannot deadlock or break it.
+
+No Kubernetes call runs inside a transaction: a step is claimed by a compare-and-set UPDATE of
+its attempt counter, the API is called, then the outcome is recorded in a short transaction.
+Every write is idempotent, so a second pass, or one after a crash half-way, changes nothing more.
+"""
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from compliance.services import record_event
+from fleet.kube import ClusterError, DesiredDeployment, ObservedDeployment
+from fleet.models import TelemetrySnapshot
+from fleet.skus import gpu_product_for_sku
+from placements.models import (
+    Assignment,
+    Deployment,
+    ExecutionStep,
+    PlacementPlan,
+    PlanStatus,
+    StepPhase,
+    StepStatus,
+)
+from placements.observation import (
+    Adapters,
+    ClusterObservation,
+    executable_clusters,
+    kubernetes_name,
+    observe_clusters,
+    open_adapters,
+    unready_deployments,
+)
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "executor"
+StepKey = tuple[int, int]  # (deployment id, cluster id)
+
+
+@dataclass
+class ExecutionReport:
+    plan_id: int
+    plan_version: int
+    current: bool = True
+    pending: int = 0
+    applied: int = 0
+    executed: int = 0
+    failed: int = 0
+    waiting: int = 0
+    blocked: int = 0
+    within_timeout: bool = False
+    retryable_error: ClusterError | None = None
+
+    @property
+    def done(self) -> bool:
+        return not self.current or self.pending == self.executed + self.failed
+
+    def as_dict(self) -> dict:
+        data = {name: value for name, value in vars(self).items() if name != "retryable_error"}
+        data["retryable_error"] = str(self.retryable_error) if self.retryable_error else ""
+        data["done"] = self.done
+        return data
+
+
+def plan_targets(plan: PlacementPlan) -> dict[int, dict[int, int]]:
+    """Return the plan's replicas per deployment and cluster, from its steps (0-replica steps left out)."""
+    targets: dict[int, dict[int, int]] = defaultdict(dict)
+    rows = ExecutionStep.objects.filter(plan=plan, desired_replicas__gt=0).values_list(
+        "deployment_id", "cluster_id", "desired_replicas"
+    )
+    for deployment_id, cluster_id, replicas in rows:
+        targets[deployment_id][cluster_id] = replicas
+    return dict(targets)
+
+
+# Preparation.
+
+
+def prepare_steps(plan: PlacementPlan, observed: dict[int, ClusterObservation] | None = None) -> int:
+    """Create the plan's missing execution steps and supersede older plans' pending ones.
+
+    One step per (deployment, cluster) that the plan uses, and a step to 0 replicas for every
+    pair that ran in the previous applied plan or is observed running but that this plan leaves
+    out. Only clusters with an API endpoint get steps. The phase compares the desired count with
+    what the cluster runs now: ``observed`` if given, else the latest good snapshot, else the
+    previous plan. Returns the number of steps created; 0 for a plan that is not applied.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        # Lock the plan row, so a newer plan cannot supersede it while its steps are written.
+        locked = PlacementPlan.objects.select_for_update().get(pk=plan.pk)
+        if locked.status != PlanStatus.APPLIED:
+            return 0
+        superseded = ExecutionStep.objects.filter(status=StepStatus.PENDING, plan__version__lt=locked.version).update(
+            status=StepStatus.SUPERSEDED, updated_at=now
+        )
+
+        clusters = set(executable_clusters().values_list("pk", flat=True))
+        desired = assignment_targets(locked, clusters)
+        previous = assignment_targets(previous_plan(locked), clusters)
+        running = running_replicas(clusters, observed)
+        existing = set(ExecutionStep.objects.filter(plan=locked).values_list("deployment_id", "cluster_id"))
+        fallback_skus = dict(Deployment.objects.filter(pk__in={key[0] for key in running}).values_list("pk", "sku_id"))
+
+        steps = []
+        for key, (sku_id, replicas) in desired.items():
+            current = running.get(key, previous.get(key, (0, 0))[1])
+            phase = StepPhase.SCALE_UP if replicas >= current else StepPhase.SCALE_DOWN
+            steps.append(step_row(locked, key, sku_id, phase, replicas))
+        for key in (previous.keys() | running.keys()) - desired.keys():
+            sku_id: int | None = previous[key][0] if key in previous else fallback_skus.get(key[0])
+            if sku_id is not None:
+                steps.append(step_row(locked, key, sku_id, StepPhase.SCALE_DOWN, 0))
+        new_steps = [step for step in steps if (step.deployment_id, step.cluster_id) not in existing]
+        ExecutionStep.objects.bulk_create(new_steps, ignore_conflicts=True)
+
+        if new_steps or superseded:
+            record_event(
+                actor=ACTOR,
+                action="execution.prepared",
+                subject=locked,
+                after={"steps_created": len(new_steps), "older_steps_superseded": superseded},
+            )
+    if new_steps or superseded:
+        logger.info("plan v%s: %s steps created, %s older steps superseded", locked.version, len(new_steps), superseded)
+    return len(new_steps)
+
+
+def step_row(plan: PlacementPlan, key: StepKey, sku_id: int, phase: str, replicas: int) -> ExecutionStep:
+    return ExecutionStep(
+        plan=plan, deployment_id=key[0], cluster_id=key[1], sku_id=sku_id, phase=phase, desired_replicas=replicas
+    )
+
+
+def previous_plan(plan: PlacementPlan) -> PlacementPlan | None:
+    return PlacementPlan.objects.filter(applied_at__isnull=False, version__lt=plan.version).order_by("-version").first()
+
+
+def assignment_targets(plan: PlacementPlan | None, clusters: set[int]) -> dict[StepKey, tuple[int, int]]:
+    """Return (SKU id, replicas) per (deployment, cluster) of a plan, on the given clusters.
+
+    NOTE: a step carries one SKU, because one Kubernetes Deployment has one node selector. When a
+    plan puts replicas of one deployment on two SKUs of one cluster, only the SKU with more
+    replicas is executed, and a warning is logged.
+    """
+    if plan is None:
+        return {}
+    result: dict[StepKey, tuple[int, int]] = {}
+    rows = Assignment.objects.filter(plan=plan, cluster_id__in=clusters).values_list(
+        "deployment_id", "cluster_id", "sku_id", "replicas"
+    )
+    for deployment_id, cluster_id, sku_id, replicas in rows:
+        key = (deployment_id, cluster_id)
+        if key in result:
+            logger.warning(
+                "plan v%s puts deployment %s on two SKUs of cluster %s; executing the larger assignment",
+                plan.version,
+                deployment_id,
+                cluster_id,
+            )
+            if result[key][1] >= replicas:
+                continue
+        result[key] = (sku_id, replicas)
+    return result
+
+
+def running_replicas(clusters: set[int], observed: dict[int, ClusterObservation] | None) -> dict[StepKey, int]:
+    """Return replicas running per (deployment, cluster), from observations or the latest good snapshots."""
+    running: dict[StepKey, int] = {}
+    if observed is not None:
+        for cluster_id, observation in observed.items():
+            for deployment_id, current in observation.deployments.items():
+                if current.replicas > 0:
+                    running[(deployment_id, cluster_id)] = current.replicas
+        return running
+    for cluster_id in clusters:
+        snapshot = TelemetrySnapshot.objects.filter(cluster_id=cluster_id, ok=True).first()
+        for raw_id, counts in (snapshot.deployments if snapshot else {}).items():
+            if raw_id.isdigit() and counts.get("replicas", 0) > 0:
+                running[(int(raw_id), cluster_id)] = counts["replicas"]
+    existing = set(Deployment.objects.filter(pk__in={key[0] for key in running}).values_list("pk", flat=True))
+    return {key: replicas for key, replicas in running.items() if key[0] in existing}
+
+
+# Execution.
+
+
+def execute_plan(plan_id: int, *, now: datetime | None = None) -> ExecutionReport:
+    """Prepare a plan's steps and run one execution pass; a plan that is no longer applied is left alone."""
+    plan = PlacementPlan.objects.get(pk=plan_id)
+    if plan.status != PlanStatus.APPLIED:
+        logger.info("plan v%s is %s, not applied; nothing to execute", plan.version, plan.status)
+        return ExecutionReport(plan.pk, plan.version, current=False)
+    prepare_steps(plan)
+    with open_adapters() as adapters:
+        return advance_plan(plan, adapters, now=now)
+
+
+def advance_plan(
+    plan: PlacementPlan,
+    adapters: Adapters,
+    *,
+    observations: dict[int, ClusterObservation] | None = None,
+    now: datetime | None = None,
+) -> ExecutionReport:
+    """Run one pass over the plan's pending steps, scale-ups first; see the module docstring."""
+    now = now or timezone.now()
+    report = ExecutionReport(plan.pk, plan.version)
+    steps = list(
+        ExecutionStep.objects.filter(plan=plan, status=StepStatus.PENDING).select_related(
+            "deployment__customer", "cluster", "sku"
+        )
+    )
+    report.pending = len(steps)
+    if not steps:
+        return report
+    observations = dict(observations or {})
+    unobserved = {step.cluster for step in steps if step.cluster_id not in observations}
+    observations.update(observe_clusters(unobserved, adapters))
+    unready = unready_deployments(plan_targets(plan), observations)
+    timeout = timedelta(seconds=settings.MCM_EXECUTION_TIMEOUT_S)
+
+    steps.sort(key=lambda step: (step.phase != StepPhase.SCALE_UP, step.cluster_id, step.deployment_id))
+    for step in steps:
+        replacements_ready = step.deployment_id not in unready
+        run_step(step, observations[step.cluster_id], replacements_ready, adapters, report, now)
+        if step.status == StepStatus.PENDING and now - step.created_at < timeout:
+            report.within_timeout = True
+    logger.info("execution pass of plan v%s: %s", plan.version, report.as_dict())
+    return report
+
+
+def run_step(
+    step: ExecutionStep,
+    observation: ClusterObservation,
+    replacements_ready: bool,
+    adapters: Adapters,
+    report: ExecutionReport,
+    now: datetime,
+) -> None:
+    """Bring one step one move closer to done, updating ``step`` and ``report``."""
+    gpu_product = gpu_product_for_sku(step.sku.name)
+    if gpu_product is None:
+        fail_step(step, f"no nvidia.com/gpu.product label is known for SKU {step.sku.name}; add one to fleet.skus", now)
+        report.failed += 1
+        return
+    if observation.error is not None:
+        if claim_attempt(step, now):
+            record_error(step, observation.error, report, now)
+        return
+
+    current = observation.deployments.get(step.deployment_id)
+    if is_converged(step, current, gpu_product):
+        report.executed += mark_executed(step, current, now)
+        return
+    if is_applied(step, current, gpu_product):
+        note_observed(step, current, now)
+        report.waiting += 1
+        return
+    if current is not None and current.replicas > step.desired_replicas and not replacements_ready:
+        note_observed(step, current, now)
+        report.blocked += 1
+        return
+
+    if not claim_attempt(step, now):
+        return
+    try:
+        result = write_step(step, adapters, gpu_product)
+    except ClusterError as error:
+        record_error(step, error, report, now)
+        return
+    report.applied += 1
+    if is_converged(step, result, gpu_product):
+        report.executed += mark_executed(step, result, now)
+    else:
+        note_observed(step, result, now)
+        report.waiting += 1
+
+
+def desired_deployment(step: ExecutionStep, gpu_product: str) -> DesiredDeployment:
+    return DesiredDeployment(
+        name=kubernetes_name(step.deployment),
+        deployment_id=step.deployment_id,
+        replicas=step.desired_replicas,
+        gpus_per_replica=step.deployment.gpus_per_replica,
+        gpu_product=gpu_product,
+    )
+
+
+def write_step(step: ExecutionStep, adapters: Adapters, gpu_product: str) -> ObservedDeployment | None:
+    """Call the cluster's API for one step: delete for 0 replicas, otherwise create or patch."""
+    adapter = adapters.get(step.cluster)
+    if step.desired_replicas == 0:
+        adapter.delete_deployment(kubernetes_name(step.deployment))
+        return None
+    return adapter.apply_deployment(desired_deployment(step, gpu_product))
+
+
+def is_applied(step: ExecutionStep, current: ObservedDeployment | None, gpu_product: str) -> bool:
+    """Return whether the cluster already has the step's spec (its pods may still be coming up)."""
+    if step.desired_replicas == 0:
+        return current is None
+    return current is not None and current.replicas == step.desired_replicas and current.gpu_product == gpu_product
+
+
+def is_converged(step: ExecutionStep, current: ObservedDeployment | None, gpu_product: str) -> bool:
+    """Return whether the cluster runs exactly the desired replicas, all of them ready."""
+    if not is_applied(step, current, gpu_product):
+        return False
+    return current is None or current.ready_replicas == step.desired_replicas
+
+
+# Recording outcomes. Each write is a compare-and-set on a pending step, so a step that another
+# pass has finished, failed or superseded in the meantime is left as it is.
+
+
+def claim_attempt(step: ExecutionStep, now: datetime) -> bool:
+    """Count one attempt; False when another pass claimed this attempt or the step is not pending."""
+    claimed = ExecutionStep.objects.filter(pk=step.pk, status=StepStatus.PENDING, attempts=step.attempts).update(
+        attempts=F("attempts") + 1, updated_at=now
+    )
+    if claimed != 1:
+        logger.info("step %s was claimed by another pass or is no longer pending", step.pk)
+        return False
+    step.attempts += 1
+    return True
+
+
+def note_observed(step: ExecutionStep, current: ObservedDeployment | None, now: datetime) -> None:
+    replicas = current.replicas if current else 0
+    ready = current.ready_replicas if current else 0
+    if (step.observed_replicas, step.observed_ready) == (replicas, ready):
+        return
+    ExecutionStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(
+        observed_replicas=replicas, observed_ready=ready, updated_at=now
+    )
+    step.observed_replicas, step.observed_ready = replicas, ready
+
+
+def mark_executed(step: ExecutionStep, current: ObservedDeployment | None, now: datetime) -> int:
+    """Mark a pending step executed, audited if it took an API write; returns 1, or 0 if it was not pending."""
+    replicas = current.replicas if current else 0
+    ready = current.ready_replicas if current else 0
+    with transaction.atomic():
+        updated = ExecutionStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(
+            status=StepStatus.EXECUTED,
+            observed_replicas=replicas,
+            observed_ready=ready,
+            last_error="",
+            executed_at=now,
+            updated_at=now,
+        )
+        if updated:
+            step.status, step.observed_replicas, step.observed_ready = StepStatus.EXECUTED, replicas, ready
+        # A step that found its cluster already converged made no change, so it is not audited.
+        # Auditing it would add one event per deployment and cluster on every re-plan.
+        if updated and step.attempts > 0:
+            record_event(actor=ACTOR, action="execution_step.executed", subject=step, after=step_summary(step))
+    if updated:
+        logger.info("step %s executed: %s", step.pk, step_summary(step))
+    return updated
+
+
+def record_error(step: ExecutionStep, error: ClusterError, report: ExecutionReport, now: datetime) -> None:
+    """Record a failed attempt; the step fails for good on a non-retryable error or the last attempt."""
+    max_attempts = settings.MCM_EXECUTION_MAX_ATTEMPTS
+    if not error.retryable or step.attempts >= max_attempts:
+        reason = "not retryable" if not error.retryable else f"failed {step.attempts} of {max_attempts} attempts"
+        fail_step(step, f"{error} ({reason})", now)
+        report.failed += 1
+        return
+    ExecutionStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(last_error=str(error), updated_at=now)
+    step.last_error = str(error)
+    report.retryable_error = report.retryable_error or error
+    logger.warning("step %s attempt %s of %s failed, will retry: %s", step.pk, step.attempts, max_attempts, error)
+
+
+def fail_step(step: ExecutionStep, message: str, now: datetime, *, action: str = "execution_step.failed") -> bool:
+    """Mark a pending step failed with its audit event; False if it was no longer pending."""
+    with transaction.atomic():
+        updated = ExecutionStep.objects.filter(pk=step.pk, status=StepStatus.PENDING).update(
+            status=StepStatus.FAILED, last_error=message, updated_at=now
+        )
+        if updated:
+            step.status, step.last_error = StepStatus.FAILED, message
+            record_event(actor=ACTOR, action=action, subject=step, reason=message, after=step_summary(step))
+    if updated:
+        logger.error("step %s failed: %s", step.pk, message)
+    return bool(updated)
+
+
+def fail_timed_out_steps(plan: PlacementPlan, now: datetime) -> list[ExecutionStep]:
+    """Fail the plan's steps pending for longer than ``MCM_EXECUTION_TIMEOUT_S``; returns those failed now."""
+    cutoff = now - timedelta(seconds=settings.MCM_EXECUTION_TIMEOUT_S)
+    stale = ExecutionStep.objects.filter(plan=plan, status=StepStatus.PENDING, created_at__lt=cutoff).select_related(
+        "deployment__customer", "cluster", "sku"
+    )
+    failed = []
+    for step in stale:
+        message = (
+            f"timed out: not converged within {settings.MCM_EXECUTION_TIMEOUT_S:g} s "
+            f"(observed {step.observed_ready} of {step.desired_replicas} ready)"
+        )
+        if fail_step(step, message, now, action="execution_step.timed_out"):
+            failed.append(step)
+    return failed
+
+
+def step_summary(step: ExecutionStep) -> dict:
+    return {
+        "plan_id": step.plan_id,
+        "deployment_id": step.deployment_id,
+        "cluster_id": step.cluster_id,
+        "phase": step.phase,
+        "desired_replicas": step.desired_replicas,
+        "observed_replicas": step.observed_replicas,
+        "observed_ready": step.observed_ready,
+        "attempts": step.attempts,
+    }

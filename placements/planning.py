@@ -1,0 +1,379 @@
+"""Runs the global scheduler on the database's state and stores the result as a placement plan.
+
+Reads every deployment and schedulable cluster, solves (``placements.scheduler.solve``), and
+writes a ``PlacementPlan`` with its assignments, outcomes and audit event. Applying a plan holds a
+row lock on ``SchedulerLock`` from reading the inputs to committing the plan, so two runs never
+apply plans computed from the same state.
+"""
+
+import dataclasses
+import hashlib
+import json
+import logging
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from compliance.locks import locks_by_subject
+from compliance.services import record_event
+from fleet.models import Cluster, ClusterState, GpuSku
+from placements.models import (
+    TIER_ORDER,
+    Assignment,
+    Deployment,
+    DeploymentOutcome,
+    PlacementPlan,
+    PlanStatus,
+    SchedulerLock,
+)
+from placements.scheduler import solve
+from placements.scheduler.problem import (
+    ClusterInput,
+    DemandOriginInput,
+    DeploymentInput,
+    PlacementKey,
+    PlanResult,
+    ProblemInput,
+    SchedulerOptions,
+)
+from placements.services import current_placement, current_plan
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Exclusions:
+    """Providers and regions a dry run treats as down ("what if provider X goes down?")."""
+
+    providers: frozenset[str] = frozenset()
+    regions: frozenset[str] = frozenset()  # region codes, or "provider/code" keys
+
+    def excludes(self, cluster: Cluster) -> bool:
+        region = cluster.region
+        return (
+            region.provider.name in self.providers
+            or region.code in self.regions
+            or f"{region.provider.name}/{region.code}" in self.regions
+        )
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"providers": sorted(self.providers), "regions": sorted(self.regions)}
+
+
+@dataclass
+class PlanDiff:
+    """Replica changes between two plans, per deployment and per provider and region."""
+
+    added: int = 0
+    removed: int = 0
+    deployments_changed: int = 0
+    by_location: dict[str, int] = field(default_factory=dict)  # "provider/region" -> net change
+
+
+def plan_placement(plan: PlacementPlan | None) -> dict[PlacementKey, int]:
+    """Return a plan's replicas by (deployment id, cluster id, SKU); empty for no plan."""
+    return current_placement(plan) if plan is not None else {}
+
+
+def region_key(provider: str, code: str) -> str:
+    return f"{provider}/{code}"
+
+
+def load_clusters(exclusions: Exclusions) -> list[ClusterInput]:
+    clusters = Cluster.objects.select_related("region__provider").prefetch_related("capacities__sku")
+    result = []
+    for cluster in clusters:
+        region = cluster.region
+        free = {capacity.sku.name: capacity.free_gpus for capacity in cluster.capacities.all()}
+        prices = {capacity.sku.name: float(capacity.hourly_price_per_gpu) for capacity in cluster.capacities.all()}
+        result.append(
+            ClusterInput(
+                id=cluster.pk,
+                name=cluster.name,
+                provider=region.provider.name,
+                region=region_key(region.provider.name, region.code),
+                jurisdiction=region.jurisdiction,
+                latitude=region.latitude,
+                longitude=region.longitude,
+                capabilities=frozenset(cluster.capabilities),
+                free_gpus=free,
+                price_per_gpu_hour=prices,
+                schedulable=cluster.state == ClusterState.ACTIVE and not exclusions.excludes(cluster),
+                state="excluded" if exclusions.excludes(cluster) else cluster.state,
+            )
+        )
+    return result
+
+
+def load_deployments() -> list[DeploymentInput]:
+    by_customer, by_deployment = locks_by_subject()
+    tier_rank = {tier.value: rank for rank, tier in enumerate(TIER_ORDER)}
+    deployments = (
+        Deployment.objects.select_related("customer", "sku")
+        .prefetch_related("alternative_skus", "region_preferences__region__provider", "demand_origins")
+        .order_by("pk")
+    )
+    result = []
+    for deployment in deployments:
+        alternatives = sorted(sku.name for sku in deployment.alternative_skus.all() if sku.pk != deployment.sku_id)
+        preferences = sorted(deployment.region_preferences.all(), key=lambda preference: preference.rank)
+        result.append(
+            DeploymentInput(
+                id=deployment.pk,
+                name=str(deployment),
+                tier=deployment.customer.tier,
+                tier_rank=tier_rank[deployment.customer.tier],
+                skus=(deployment.sku.name, *alternatives),
+                gpus_per_replica=deployment.gpus_per_replica,
+                replicas=deployment.desired_replicas,
+                min_providers=deployment.min_providers,
+                min_regions=deployment.min_regions,
+                region_preference=tuple(
+                    region_key(preference.region.provider.name, preference.region.code) for preference in preferences
+                ),
+                origins=tuple(
+                    DemandOriginInput(origin.name, origin.latitude, origin.longitude, origin.share)
+                    for origin in deployment.demand_origins.all()
+                ),
+                locks=tuple(by_customer.get(deployment.customer_id, []) + by_deployment.get(deployment.pk, [])),
+            )
+        )
+    return result
+
+
+def build_problem(exclusions: Exclusions = Exclusions()) -> ProblemInput:
+    return ProblemInput(
+        clusters=load_clusters(exclusions),
+        deployments=load_deployments(),
+        current=current_placement(),
+    )
+
+
+def digest_problem(problem: ProblemInput) -> str:
+    """SHA-256 of the problem in a canonical JSON form, so identical inputs have one digest."""
+
+    def canonical(value):
+        if isinstance(value, frozenset | set):
+            return sorted(value)
+        raise TypeError(f"cannot serialise {type(value).__name__}")
+
+    payload = {
+        "clusters": [dataclasses.asdict(cluster) for cluster in problem.clusters],
+        "deployments": [dataclasses.asdict(deployment) for deployment in problem.deployments],
+        "current": sorted([*key, replicas] for key, replicas in problem.current.items()),
+    }
+    encoded = json.dumps(payload, sort_keys=True, default=canonical).encode()
+    return hashlib.sha256(encoded).hexdigest()
+
+
+def default_options() -> SchedulerOptions:
+    return SchedulerOptions(
+        time_limit_s=settings.MCM_SCHEDULER_TIME_LIMIT_S,
+        gap_target=settings.MCM_SCHEDULER_GAP_TARGET,
+    )
+
+
+def run_plan(
+    *,
+    actor,
+    trigger: str,
+    dry_run: bool = False,
+    exclusions: Exclusions = Exclusions(),
+    options: SchedulerOptions | None = None,
+) -> PlacementPlan:
+    """Plan every deployment's replicas; apply the plan unless ``dry_run``.
+
+    A dry run solves without the scheduler lock and stores the plan with status ``dry_run``; an
+    applied plan supersedes the previous one. Both are audited.
+    """
+    options = options or default_options()
+    if dry_run:
+        problem = build_problem(exclusions)
+        result = solve(problem, options)
+        with transaction.atomic():
+            SchedulerLock.acquire()
+            return store_plan(
+                actor=actor,
+                trigger=trigger,
+                problem=problem,
+                result=result,
+                status=PlanStatus.DRY_RUN,
+                exclusions=exclusions,
+                options=options,
+            )
+
+    if exclusions.providers or exclusions.regions:
+        raise ValueError("exclusions are only for dry runs: declare an outage to take capacity away for real")
+    with transaction.atomic():
+        SchedulerLock.acquire()
+        problem = build_problem(exclusions)
+        result = solve(problem, options)
+        previous = current_plan()
+        plan = store_plan(
+            actor=actor,
+            trigger=trigger,
+            problem=problem,
+            result=result,
+            status=PlanStatus.APPLIED,
+            exclusions=exclusions,
+            options=options,
+        )
+        if previous is not None:
+            previous.status = PlanStatus.SUPERSEDED
+            previous.save(update_fields=["status"])
+    return plan
+
+
+def store_plan(
+    *,
+    actor,
+    trigger: str,
+    problem: ProblemInput,
+    result: PlanResult,
+    status: str,
+    exclusions: Exclusions,
+    options: SchedulerOptions,
+) -> PlacementPlan:
+    """Insert the plan, its assignments and outcomes, and its audit event; the caller holds the lock."""
+    version = (PlacementPlan.objects.aggregate(last=Max("version"))["last"] or 0) + 1
+    sku_ids = dict(GpuSku.objects.values_list("name", "pk"))
+    summary = summarise(problem, result)
+    plan = PlacementPlan.objects.create(
+        version=version,
+        trigger=trigger,
+        status=status,
+        parameters={
+            "exclusions": exclusions.as_dict(),
+            "time_limit_s": options.time_limit_s,
+            "gap_target": options.gap_target,
+            "max_candidates": options.max_candidates,
+            "candidates": result.candidates,
+        },
+        inputs_digest=digest_problem(problem),
+        objective=result.objective,
+        objective_terms=result.objective_terms,
+        bound=result.bound,
+        gap=result.gap,
+        greedy_objective=result.greedy_objective,
+        solver=result.solver,
+        solver_status=result.solver_status,
+        build_seconds=result.build_seconds,
+        solve_seconds=result.solve_seconds,
+        summary=summary,
+        applied_at=timezone.now() if status == PlanStatus.APPLIED else None,
+    )
+    Assignment.objects.bulk_create(
+        [
+            Assignment(plan=plan, deployment_id=deployment, cluster_id=cluster, sku_id=sku_ids[sku], replicas=replicas)
+            for (deployment, cluster, sku), replicas in result.assignments.items()
+            if replicas > 0
+        ],
+        batch_size=2000,
+    )
+    placed: dict[int, int] = defaultdict(int)
+    for (deployment, _cluster, _sku), replicas in result.assignments.items():
+        placed[deployment] += replicas
+    DeploymentOutcome.objects.bulk_create(
+        [
+            DeploymentOutcome(
+                plan=plan,
+                deployment_id=deployment.id,
+                placed_replicas=placed[deployment.id],
+                unmet_replicas=result.unmet.get(deployment.id, 0),
+                explanation=result.explanations.get(deployment.id, {}),
+            )
+            for deployment in problem.deployments
+        ],
+        batch_size=2000,
+    )
+    action = "plan.applied" if status == PlanStatus.APPLIED else "plan.dry_run"
+    record_event(
+        actor=actor,
+        action=action,
+        subject=plan,
+        reason=f"trigger={trigger}",
+        after={
+            "version": plan.version,
+            "objective": plan.objective,
+            "gap": plan.gap,
+            "solver": plan.solver,
+            "placed": summary["placed_replicas"],
+            "unmet": summary["unmet_replicas"],
+            "exclusions": exclusions.as_dict(),
+        },
+    )
+    logger.info(
+        "stored plan v%s status=%s solver=%s objective=%s gap=%s unmet=%s",
+        plan.version,
+        status,
+        plan.solver,
+        plan.objective,
+        plan.gap,
+        summary["unmet_replicas"],
+    )
+    return plan
+
+
+def summarise(problem: ProblemInput, result: PlanResult) -> dict:
+    """Replicas per provider and region, and unmet replicas per tier, for reports and the admin."""
+    clusters = {cluster.id: cluster for cluster in problem.clusters}
+    by_provider: dict[str, int] = defaultdict(int)
+    by_region: dict[str, int] = defaultdict(int)
+    gpus_by_sku: dict[str, int] = defaultdict(int)
+    gpus_per_replica = {deployment.id: deployment.gpus_per_replica for deployment in problem.deployments}
+    for (deployment, cluster_id, sku), replicas in result.assignments.items():
+        cluster = clusters[cluster_id]
+        by_provider[cluster.provider] += replicas
+        by_region[cluster.region] += replicas
+        gpus_by_sku[sku] += replicas * gpus_per_replica[deployment]
+    unmet_by_tier = {tier.value: 0 for tier in TIER_ORDER}
+    requested_by_tier = {tier.value: 0 for tier in TIER_ORDER}
+    for deployment in problem.deployments:
+        requested_by_tier[deployment.tier] += deployment.replicas
+        unmet_by_tier[deployment.tier] += result.unmet.get(deployment.id, 0)
+    return {
+        "deployments": len(problem.deployments),
+        "clusters": len(problem.clusters),
+        "schedulable_clusters": sum(1 for cluster in problem.clusters if cluster.schedulable),
+        "requested_replicas": sum(deployment.replicas for deployment in problem.deployments),
+        "placed_replicas": sum(result.assignments.values()),
+        "unmet_replicas": sum(result.unmet.values()),
+        "replicas_by_provider": dict(sorted(by_provider.items())),
+        "replicas_by_region": dict(sorted(by_region.items())),
+        "gpus_by_sku": dict(sorted(gpus_by_sku.items())),
+        "requested_by_tier": requested_by_tier,
+        "unmet_by_tier": unmet_by_tier,
+    }
+
+
+def diff_plans(old: PlacementPlan | None, new: PlacementPlan) -> PlanDiff:
+    """Compare two plans' assignments; ``old`` None means everything in ``new`` is added."""
+    before = plan_placement(old)
+    after = plan_placement(new)
+    cluster_ids = {key[1] for key in before} | {key[1] for key in after}
+    locations = {
+        pk: region_key(provider, code)
+        for pk, provider, code in Cluster.objects.filter(pk__in=cluster_ids).values_list(
+            "pk", "region__provider__name", "region__code"
+        )
+    }
+    diff = PlanDiff()
+    changed = set()
+    by_location: dict[str, int] = defaultdict(int)
+    for key in before.keys() | after.keys():
+        delta = after.get(key, 0) - before.get(key, 0)
+        if delta == 0:
+            continue
+        changed.add(key[0])
+        if delta > 0:
+            diff.added += delta
+        else:
+            diff.removed -= delta
+        by_location[locations[key[1]]] += delta
+    diff.deployments_changed = len(changed)
+    diff.by_location = {location: delta for location, delta in sorted(by_location.items()) if delta}
+    return diff

@@ -1,0 +1,319 @@
+"""Reconciliation: compare what each cluster runs with the current plan, record drift and repair it.
+
+Each run reads every cluster with an API endpoint afresh through its adapter. It does not use
+the latest telemetry snapshot, because a removal decided on data up to one telemetry interval
+old could delete replicas that have just become the only ready ones. Then, for the current plan:
+
+1. replicas found where the plan wants none get a step to 0 replicas (``prepare_steps``);
+2. one execution pass advances the pending steps, make-before-break (``advance_plan``);
+3. executed or failed steps whose cluster no longer matches them are repaired: missing replicas
+   are re-applied at once, and extra ones are removed only once the deployment's replacements
+   are ready (the rule of ``placements.execution``);
+4. stray Deployments are removed: those of deleted deployments at once, those of a live
+   deployment under a name MCM did not give once its replacements are ready;
+5. steps pending for longer than ``MCM_EXECUTION_TIMEOUT_S`` fail, and a re-plan is requested.
+
+Every difference found is a ``DriftRecord``; a difference that persists unrepaired is recorded
+once, not on every run.
+"""
+
+import logging
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+
+from django.db import transaction
+from django.utils import timezone
+
+from compliance.services import record_event
+from fleet.kube import ClusterError, ObservedDeployment
+from fleet.models import Cluster
+from fleet.skus import gpu_product_for_sku
+from placements.execution import (
+    advance_plan,
+    fail_timed_out_steps,
+    is_applied,
+    is_converged,
+    plan_targets,
+    prepare_steps,
+    step_summary,
+    write_step,
+)
+from placements.models import Deployment, DriftRecord, ExecutionStep, PlacementPlan, StepStatus
+from placements.observation import (
+    Adapters,
+    ClusterObservation,
+    executable_clusters,
+    kubernetes_name,
+    observe_clusters,
+    open_adapters,
+    unready_deployments,
+)
+from placements.services import current_plan
+
+logger = logging.getLogger(__name__)
+
+ACTOR = "reconciler"
+
+
+@dataclass
+class ReconcileReport:
+    plan_version: int | None = None
+    clusters_observed: int = 0
+    clusters_unreachable: list[str] = field(default_factory=list)
+    steps_created: int = 0
+    execution: dict = field(default_factory=dict)
+    drift_recorded: int = 0
+    repaired: int = 0
+    repairs_failed: int = 0
+    steps_timed_out: int = 0
+    replan_requested_for: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def reconcile(now: datetime | None = None) -> ReconcileReport:
+    """Compare every cluster with the current plan, repair drift and fail steps that time out."""
+    now = now or timezone.now()
+    report = ReconcileReport()
+    plan = current_plan()
+    with open_adapters() as adapters:
+        observations = observe_clusters(list(executable_clusters()), adapters)
+        report.clusters_observed = len(observations)
+        report.clusters_unreachable = sorted(
+            observation.cluster.name for observation in observations.values() if observation.error is not None
+        )
+        targets: dict[int, dict[int, int]] = {}
+        if plan is not None:
+            report.plan_version = plan.version
+            # Only steps settled before this run's pass are checked for drift; the pass itself
+            # settles others from the same observations.
+            settled = list(
+                ExecutionStep.objects.filter(
+                    plan=plan, status__in=[StepStatus.EXECUTED, StepStatus.FAILED]
+                ).select_related("deployment__customer", "cluster", "sku")
+            )
+            known = set(ExecutionStep.objects.filter(plan=plan).values_list("deployment_id", "cluster_id"))
+            report.steps_created = prepare_steps(plan, observations)
+            targets = plan_targets(plan)
+            record_unplanned(observations, targets, known, report)
+            report.execution = advance_plan(plan, adapters, observations=observations, now=now).as_dict()
+            unready = unready_deployments(targets, observations)
+            for step in settled:
+                repair_step(
+                    step, observations.get(step.cluster_id), step.deployment_id not in unready, adapters, report
+                )
+        else:
+            unready = set()
+        remove_strays(observations, unready, adapters, report)
+
+    if plan is not None:
+        timed_out = fail_timed_out_steps(plan, now)
+        report.steps_timed_out = len(timed_out)
+        if timed_out:
+            report.replan_requested_for = request_replan(plan, timed_out)
+    logger.info("reconciliation: %s", report.as_dict())
+    return report
+
+
+def record_unplanned(
+    observations: dict[int, ClusterObservation],
+    targets: dict[int, dict[int, int]],
+    known: set[tuple[int, int]],
+    report: ReconcileReport,
+) -> None:
+    """Record drift for replicas the plan does not place on a cluster and that no step expected."""
+    for cluster_id, observation in observations.items():
+        for deployment_id, current in observation.deployments.items():
+            unplanned = cluster_id not in targets.get(deployment_id, {})
+            if unplanned and current.replicas > 0 and (deployment_id, cluster_id) not in known:
+                deployment = Deployment.objects.filter(pk=deployment_id).first()
+                record_drift(observation.cluster, deployment, current.name, 0, current, "removal_scheduled", report)
+
+
+def repair_step(
+    step: ExecutionStep,
+    observation: ClusterObservation | None,
+    replacements_ready: bool,
+    adapters: Adapters,
+    report: ReconcileReport,
+) -> None:
+    """Repair a settled step's cluster if it drifted; a failed step that converges becomes executed."""
+    gpu_product = gpu_product_for_sku(step.sku.name)
+    if observation is None or observation.error is not None or gpu_product is None:
+        return
+    current = observation.deployments.get(step.deployment_id)
+    if is_converged(step, current, gpu_product):
+        if step.status == StepStatus.FAILED:
+            recover_step(step, current)
+        return
+
+    name = kubernetes_name(step.deployment)
+    if is_applied(step, current, gpu_product):
+        # The spec is right but pods are not ready (lost capacity, a crash loop): nothing to re-apply.
+        record_drift(step.cluster, step.deployment, name, step.desired_replicas, current, "not_ready", report)
+        return
+    if current is not None and current.replicas > step.desired_replicas and not replacements_ready:
+        record_drift(
+            step.cluster, step.deployment, name, step.desired_replicas, current, "waiting_for_replacements", report
+        )
+        return
+
+    try:
+        result = write_step(step, adapters, gpu_product)
+    except ClusterError as error:
+        report.repairs_failed += 1
+        logger.warning("repair of step %s on cluster %s failed: %s", step.pk, step.cluster.name, error)
+        record_drift(step.cluster, step.deployment, name, step.desired_replicas, current, "repair_failed", report)
+        return
+    action = repair_action(current, step.desired_replicas)
+    record_drift(step.cluster, step.deployment, name, step.desired_replicas, current, action, report, repaired=True)
+    if step.status == StepStatus.FAILED and is_converged(step, result, gpu_product):
+        recover_step(step, result)
+
+
+def repair_action(current: ObservedDeployment | None, desired: int) -> str:
+    if desired == 0:
+        return "deleted"
+    if current is None:
+        return "created"
+    return "scaled_down" if current.replicas > desired else "scaled"
+
+
+def recover_step(step: ExecutionStep, current: ObservedDeployment | None) -> None:
+    """Mark a failed step executed because its cluster now runs the step's desired replicas."""
+    now = timezone.now()
+    with transaction.atomic():
+        updated = ExecutionStep.objects.filter(pk=step.pk, status=StepStatus.FAILED).update(
+            status=StepStatus.EXECUTED,
+            observed_replicas=current.replicas if current else 0,
+            observed_ready=current.ready_replicas if current else 0,
+            executed_at=now,
+            updated_at=now,
+        )
+        if updated:
+            record_event(actor=ACTOR, action="execution_step.recovered", subject=step, after=step_summary(step))
+    if updated:
+        logger.info("failed step %s converged later and is now executed", step.pk)
+
+
+def remove_strays(
+    observations: dict[int, ClusterObservation], unready: set[int], adapters: Adapters, report: ReconcileReport
+) -> None:
+    """Delete managed Deployments that belong to no live deployment under MCM's name for it."""
+    ids = {stray.deployment_id for obs in observations.values() for stray in obs.strays if stray.deployment_id}
+    live = {deployment.pk: deployment for deployment in Deployment.objects.filter(pk__in=ids)}
+    for observation in observations.values():
+        for stray in observation.strays:
+            deployment = live.get(stray.deployment_id) if stray.deployment_id is not None else None
+            if stray.deployment_id is None:
+                # NOTE: a managed Deployment without a readable deployment id is left for an
+                # operator, because MCM cannot tell which replicas it would remove.
+                action = "unidentified"
+            elif deployment is not None and deployment.pk in unready:
+                action = "waiting_for_replacements"
+            else:
+                remove_stray(observation.cluster, deployment, stray, adapters, report)
+                continue
+            record_drift(observation.cluster, deployment, stray.name, 0, stray, action, report)
+
+
+def remove_stray(
+    cluster: Cluster,
+    deployment: Deployment | None,
+    stray: ObservedDeployment,
+    adapters: Adapters,
+    report: ReconcileReport,
+) -> None:
+    try:
+        adapters.get(cluster).delete_deployment(stray.name)
+    except ClusterError as error:
+        report.repairs_failed += 1
+        logger.warning("removing stray deployment %s from cluster %s failed: %s", stray.name, cluster.name, error)
+        record_drift(cluster, deployment, stray.name, 0, stray, "repair_failed", report)
+        return
+    record_drift(cluster, deployment, stray.name, 0, stray, "deleted", report, repaired=True)
+
+
+def record_drift(
+    cluster: Cluster,
+    deployment: Deployment | None,
+    name: str,
+    desired: int,
+    current: ObservedDeployment | None,
+    action: str,
+    report: ReconcileReport,
+    *,
+    repaired: bool = False,
+) -> None:
+    """Store a drift record, unless the same unrepaired difference is already on record.
+
+    The same difference means the same desired and observed replicas and the same action. A
+    repair also closes the earlier unrepaired records of that Deployment on that cluster.
+    """
+    replicas = current.replicas if current else 0
+    ready = current.ready_replicas if current else 0
+    now = timezone.now()
+    with transaction.atomic():
+        open_records = DriftRecord.objects.select_for_update().filter(
+            cluster=cluster, kubernetes_name=name, repaired_at__isnull=True
+        )
+        # Ready counts move while pods start, so a change in them alone is not a new difference.
+        same = open_records.filter(desired_replicas=desired, observed_replicas=replicas, action=action)
+        if not repaired and same.exists():
+            return
+        if repaired:
+            open_records.update(repaired_at=now)
+        record = DriftRecord.objects.create(
+            cluster=cluster,
+            deployment=deployment,
+            kubernetes_name=name,
+            desired_replicas=desired,
+            observed_replicas=replicas,
+            ready_replicas=ready,
+            action=action,
+            repaired_at=now if repaired else None,
+        )
+        if repaired:
+            record_event(
+                actor=ACTOR,
+                action="drift.repaired",
+                subject=record,
+                reason=f"{name} on {cluster.name}: {replicas} replicas, {desired} desired",
+                after={"action": action, "desired": desired, "observed": replicas, "ready": ready},
+            )
+    report.drift_recorded += 1
+    report.repaired += int(repaired)
+    logger.info(
+        "drift on cluster %s: %s has %s/%s, desired %s: %s", cluster.name, name, ready, replicas, desired, action
+    )
+
+
+def request_replan(plan: PlacementPlan, timed_out: list[ExecutionStep]) -> list[str]:
+    """Audit each cluster that did not converge in time, and enqueue one re-plan after commit.
+
+    The cluster's state is not changed: taking a cluster out of service is the health model's
+    decision. TODO: until that model marks non-converging clusters down, the new plan avoids such
+    a cluster only if telemetry has lowered its capacity, so it may place replicas there again.
+    """
+    clusters = {step.cluster.pk: step.cluster for step in timed_out}
+    with transaction.atomic():
+        for cluster in clusters.values():
+            step_ids = [step.pk for step in timed_out if step.cluster_id == cluster.pk]
+            record_event(
+                actor=ACTOR,
+                action="cluster.not_converged",
+                subject=cluster,
+                reason=f"steps of plan v{plan.version} did not converge in time; re-plan requested",
+                after={"plan_version": plan.version, "steps": step_ids},
+            )
+        transaction.on_commit(enqueue_replan)
+    names = sorted(cluster.name for cluster in clusters.values())
+    logger.warning("clusters %s did not converge for plan v%s; re-plan requested", names, plan.version)
+    return names
+
+
+def enqueue_replan() -> None:
+    from tasks.tasks import plan_placements  # imported here: the tasks module imports this app
+
+    plan_placements.delay()

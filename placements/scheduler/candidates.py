@@ -1,0 +1,356 @@
+"""Candidate (cluster, SKU) pairs per deployment: the hard filters, the costs and the pruning.
+
+Each deployment's pairs pass every hard filter: the cluster is schedulable, it complies with every
+lock, the SKU is one the deployment accepts, and at least one replica fits in its free GPUs. The
+clusters that fail are grouped by reason, with a count and a few names, so that an explanation
+stays small at 1,000 clusters x 10,000 deployments.
+"""
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import locks as lock_rules
+from .costs import (
+    ReplicaCost,
+    latency_cost_per_gpu,
+    preference_cost_per_gpu,
+    price_cost_per_gpu,
+    weighted_rtt_ms_array,
+)
+from .problem import ClusterInput, DeploymentInput, LockInput, ProblemInput, SchedulerOptions
+
+# Cluster names listed per rejection reason; the count covers the rest.
+SAMPLE_NAMES = 10
+
+LOCKED_OUT = "locked_out"
+WRONG_SKU = "wrong_sku"
+NOT_SCHEDULABLE = "not_schedulable"
+FULL = "full"
+PRUNED = "pruned"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    cluster: int  # index into ProblemInput.clusters
+    cluster_id: int
+    sku: str
+    free_gpus: int
+    cost: ReplicaCost  # per replica
+
+
+@dataclass
+class RejectionGroup:
+    """Clusters ruled out for a deployment for one reason: a count and up to SAMPLE_NAMES names."""
+
+    reason: str
+    message: str
+    count: int
+    clusters: list[str]
+
+    def as_dict(self) -> dict:
+        return {"reason": self.reason, "message": self.message, "count": self.count, "clusters": self.clusters}
+
+
+@dataclass
+class DeploymentCandidates:
+    deployment: DeploymentInput
+    candidates: list[Candidate]  # kept pairs, cheapest first
+    rejections: list[RejectionGroup] = field(default_factory=list)
+    feasible_pairs: int = 0  # pairs that passed the hard filters, before pruning
+
+
+class ClusterTable:
+    """The clusters as numpy arrays, for filtering and costing all of them per deployment at once."""
+
+    def __init__(self, clusters: list[ClusterInput]):
+        self.clusters = clusters
+        self.index_by_id = {cluster.id: index for index, cluster in enumerate(clusters)}
+        self.cluster_ids = [cluster.id for cluster in clusters]
+        self.names = np.array([cluster.name for cluster in clusters], dtype=object)
+        self.latitudes = np.array([cluster.latitude for cluster in clusters], dtype=float)
+        self.longitudes = np.array([cluster.longitude for cluster in clusters], dtype=float)
+        self.schedulable = np.array([cluster.schedulable for cluster in clusters], dtype=bool)
+        self.states = np.array([cluster.state for cluster in clusters], dtype=object)
+        self.regions = np.array([cluster.region for cluster in clusters], dtype=object)
+        self.providers = np.array([cluster.provider for cluster in clusters], dtype=object)
+        self.jurisdictions = np.array([cluster.jurisdiction for cluster in clusters], dtype=object)
+        self.region_names = sorted(set(self.regions))
+        region_number = {region: number for number, region in enumerate(self.region_names)}
+        self.region_numbers_by_name = region_number
+        self.region_numbers = np.array([region_number[region] for region in self.regions], dtype=np.int64)
+
+        skus = sorted({sku for cluster in clusters for sku in cluster.free_gpus})
+        count = len(clusters)
+        self.offers = {sku: np.zeros(count, dtype=bool) for sku in skus}
+        self.free = {sku: np.zeros(count, dtype=np.int64) for sku in skus}
+        self.price = {sku: np.zeros(count, dtype=float) for sku in skus}
+        for index, cluster in enumerate(clusters):
+            for sku, free in cluster.free_gpus.items():
+                self.offers[sku][index] = True
+                self.free[sku][index] = free
+                self.price[sku][index] = cluster.price_per_gpu_hour.get(sku, 0.0)
+        self._lock_masks: dict[LockInput, list[tuple[str, np.ndarray]]] = {}
+
+    def lock_masks(self, lock: LockInput) -> list[tuple[str, np.ndarray]]:
+        """Return (violation kind, clusters whose first violation of ``lock`` is that kind) pairs."""
+        cached = self._lock_masks.get(lock)
+        if cached is not None:
+            return cached
+
+        breaks = {
+            lock_rules.REGION: _outside(self.regions, lock.allowed_regions),
+            lock_rules.JURISDICTION: _outside(self.jurisdictions, lock.allowed_jurisdictions),
+            lock_rules.PROVIDER: _outside(self.providers, lock.allowed_providers),
+            lock_rules.EXCLUDED_PROVIDER: np.isin(self.providers, list(lock.excluded_providers)),
+            lock_rules.CAPABILITY: np.array(
+                [not lock.required_capabilities <= cluster.capabilities for cluster in self.clusters], dtype=bool
+            ),
+        }
+        masks = []
+        already = np.zeros(len(self.clusters), dtype=bool)
+        for kind in lock_rules.VIOLATION_KINDS:
+            first = breaks[kind] & ~already
+            if first.any():
+                masks.append((kind, first))
+            already |= first
+        self._lock_masks[lock] = masks
+        return masks
+
+
+def _outside(values: np.ndarray, allowed: frozenset[str] | None) -> np.ndarray:
+    if not allowed:
+        return np.zeros(len(values), dtype=bool)
+    return ~np.isin(values, list(allowed))
+
+
+def _group(reason: str, message: str, mask: np.ndarray, table: ClusterTable) -> RejectionGroup:
+    indices = np.flatnonzero(mask)
+    names = [str(name) for name in table.names[indices[:SAMPLE_NAMES]]]
+    return RejectionGroup(reason=reason, message=message, count=len(indices), clusters=names)
+
+
+def filter_clusters(
+    deployment: DeploymentInput, table: ClusterTable
+) -> tuple[dict[str, np.ndarray], list[RejectionGroup]]:
+    """Apply the hard filters for one deployment.
+
+    Returns, per accepted SKU, the mask of clusters where a replica fits, and the groups of clusters
+    rejected. Each cluster is rejected for its first failing check: a lock, no accepted SKU, not
+    schedulable, then no free room for one replica.
+    """
+    alive = np.ones(len(table.clusters), dtype=bool)
+    groups: list[RejectionGroup] = []
+
+    for lock in deployment.locks:
+        for kind, violators in table.lock_masks(lock):
+            hit = violators & alive
+            if hit.any():
+                rule = lock_rules.describe_lock_rule(lock, kind)
+                message = f"locked out by {lock.source}: requires {rule} (reason: {lock.reason})"
+                groups.append(_group(LOCKED_OUT, message, hit, table))
+                alive &= ~violators
+
+    skus = tuple(dict.fromkeys(sku for sku in deployment.skus if sku in table.offers))
+    offers_any = np.zeros(len(table.clusters), dtype=bool)
+    for sku in skus:
+        offers_any |= table.offers[sku]
+    wrong = alive & ~offers_any
+    if wrong.any():
+        groups.append(_group(WRONG_SKU, f"offers none of {', '.join(deployment.skus)}", wrong, table))
+    alive &= offers_any
+
+    stopped = alive & ~table.schedulable
+    for state in sorted(set(table.states[stopped])):
+        message = f"not schedulable (state {state})"
+        groups.append(_group(NOT_SCHEDULABLE, message, stopped & (table.states == state), table))
+    alive &= table.schedulable
+
+    fits = {sku: alive & (table.free[sku] >= deployment.gpus_per_replica) for sku in skus}
+    fits_any = np.zeros(len(table.clusters), dtype=bool)
+    for mask in fits.values():
+        fits_any |= mask
+    full = alive & ~fits_any
+    if full.any():
+        message = f"full: fewer than {deployment.gpus_per_replica} free GPUs of {', '.join(skus)}"
+        groups.append(_group(FULL, message, full, table))
+    return fits, groups
+
+
+@dataclass
+class PairCosts:
+    """Every feasible (cluster, SKU) pair of one deployment as arrays, cheapest first."""
+
+    clusters: np.ndarray  # cluster indices
+    sku_numbers: np.ndarray  # index into ``sku_names``
+    sku_names: list[str]
+    free_gpus: np.ndarray
+    rtt_ms: np.ndarray
+    latency: np.ndarray  # per replica, like the other cost arrays
+    preference: np.ndarray
+    price: np.ndarray
+    price_per_gpu_hour: np.ndarray
+    ranks: np.ndarray  # 0-based preference rank per pair, -1 for an unlisted region
+    cluster_ids: list[int]  # cluster id by cluster index
+
+    def candidate(self, position: int) -> Candidate:
+        rank = int(self.ranks[position])
+        cost = ReplicaCost(
+            rtt_ms=float(self.rtt_ms[position]),
+            preference_rank=None if rank < 0 else rank,
+            price_per_gpu_hour=float(self.price_per_gpu_hour[position]),
+            latency=float(self.latency[position]),
+            preference=float(self.preference[position]),
+            price=float(self.price[position]),
+        )
+        sku = self.sku_names[int(self.sku_numbers[position])]
+        cluster = int(self.clusters[position])
+        return Candidate(cluster, self.cluster_ids[cluster], sku, int(self.free_gpus[position]), cost)
+
+
+@dataclass
+class FeasiblePairs:
+    """The pairs that pass the hard filters, shared by deployments with the same locks, SKUs and size."""
+
+    clusters: np.ndarray  # cluster index per pair
+    sku_numbers: np.ndarray  # index into ``sku_names`` per pair
+    sku_names: list[str]
+    free_gpus: np.ndarray
+    price_per_gpu_hour: np.ndarray
+    unique_clusters: np.ndarray
+    cluster_position: np.ndarray  # per pair, its cluster's position in ``unique_clusters``
+    rejections: list[RejectionGroup]
+
+
+def feasible_pairs(deployment: DeploymentInput, table: ClusterTable) -> FeasiblePairs:
+    """Run ``filter_clusters`` and lay the surviving (cluster, SKU) pairs out as arrays."""
+    fits, rejections = filter_clusters(deployment, table)
+    sku_names = list(fits)
+    parts = [np.flatnonzero(fits[sku]) for sku in sku_names]
+    clusters = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    sku_numbers = np.concatenate([np.full(len(part), n, dtype=np.int64) for n, part in enumerate(parts)] or [clusters])
+    price = np.concatenate([table.price[sku][part] for sku, part in zip(sku_names, parts, strict=True)] or [[]])
+    free = np.concatenate([table.free[sku][part] for sku, part in zip(sku_names, parts, strict=True)] or [clusters])
+    unique, position = np.unique(clusters, return_inverse=True)
+    return FeasiblePairs(clusters, sku_numbers, sku_names, free, price.astype(float), unique, position, rejections)
+
+
+def cost_pairs(deployment: DeploymentInput, feasible: FeasiblePairs, table: ClusterTable) -> PairCosts:
+    """Return the per-replica cost of every feasible (cluster, SKU) pair, cheapest first."""
+    gpus = deployment.gpus_per_replica
+    rank_by_region = np.full(len(table.region_names), -1, dtype=np.int64)
+    preference_by_region = np.full(len(table.region_names), gpus * preference_cost_per_gpu(deployment, None))
+    for rank, region in reversed(list(enumerate(deployment.region_preference))):
+        number = table.region_numbers_by_name.get(region)
+        if number is not None:
+            rank_by_region[number] = rank
+            preference_by_region[number] = gpus * preference_cost_per_gpu(deployment, rank)
+
+    clusters = feasible.clusters
+    unique = feasible.unique_clusters
+    rtt = weighted_rtt_ms_array(deployment, table.latitudes[unique], table.longitudes[unique])[
+        feasible.cluster_position
+    ]
+    latency = gpus * latency_cost_per_gpu(rtt)
+    regions = table.region_numbers[clusters]
+    preference = preference_by_region[regions]
+    price = gpus * price_cost_per_gpu(feasible.price_per_gpu_hour)
+    order = np.lexsort((clusters, latency + preference + price))  # cheapest first, ties by cluster index
+    return PairCosts(
+        clusters=clusters[order],
+        sku_numbers=feasible.sku_numbers[order],
+        sku_names=feasible.sku_names,
+        free_gpus=feasible.free_gpus[order],
+        rtt_ms=rtt[order],
+        latency=latency[order],
+        preference=preference[order],
+        price=price[order],
+        price_per_gpu_hour=feasible.price_per_gpu_hour[order],
+        ranks=rank_by_region[regions][order],
+        cluster_ids=table.cluster_ids,
+    )
+
+
+def prune_pairs(
+    deployment: DeploymentInput,
+    pairs: PairCosts,
+    running_clusters: set[int],
+    max_candidates: int,
+    table: ClusterTable,
+) -> list[int]:
+    """Return the positions in ``pairs`` (cheapest first) to keep as candidates.
+
+    Keeps the ``max_candidates`` cheapest pairs (all of them for 0) and every pair in a cluster where
+    the deployment runs now. Then it keeps adding the next cheapest until the kept pairs have free
+    room for twice the deployment's GPUs. For two or more replicas they must also span two clusters
+    and the requested numbers of providers and regions. Capacity is shared with other deployments, so
+    pruning can still leave a deployment unmet where the full model would place it.
+    """
+    count = len(pairs.clusters)
+    if max_candidates <= 0 or count <= max_candidates:
+        return list(range(count))
+
+    gpus = deployment.gpus_per_replica
+    needed_gpus = 2 * deployment.replicas * gpus
+    spread = deployment.replicas >= 2
+    kept = []
+    room = 0
+    clusters: set[int] = set()
+    providers: set[str] = set()
+    regions: set[str] = set()
+    for position in range(count):
+        cluster = int(pairs.clusters[position])
+        satisfied = room >= needed_gpus and (
+            not spread
+            or (
+                len(clusters) >= 2
+                and len(providers) >= deployment.min_providers
+                and len(regions) >= deployment.min_regions
+            )
+        )
+        if position >= max_candidates and satisfied:
+            break
+        kept.append(position)
+        room += (int(pairs.free_gpus[position]) // gpus) * gpus
+        clusters.add(cluster)
+        providers.add(table.providers[cluster])
+        regions.add(table.regions[cluster])
+
+    if running_clusters:
+        rest = pairs.clusters[len(kept) :]
+        running = np.flatnonzero(np.isin(rest, list(running_clusters)))
+        kept.extend((running + len(kept)).tolist())
+    return kept
+
+
+def build_candidates(
+    problem: ProblemInput, options: SchedulerOptions
+) -> tuple[ClusterTable, list[DeploymentCandidates]]:
+    """Return the cluster table and, for each deployment in order, its kept candidates and rejections."""
+    table = ClusterTable(problem.clusters)
+    running: dict[int, set[int]] = defaultdict(set)
+    for (deployment_id, cluster_id, _sku), replicas in problem.current.items():
+        if replicas > 0 and cluster_id in table.index_by_id:
+            running[deployment_id].add(table.index_by_id[cluster_id])
+
+    # Deployments with the same locks, SKUs and GPUs per replica pass the same filters.
+    filtered: dict[tuple, FeasiblePairs] = {}
+    result = []
+    for deployment in problem.deployments:
+        signature = (deployment.locks, deployment.skus, deployment.gpus_per_replica)
+        if signature not in filtered:
+            filtered[signature] = feasible_pairs(deployment, table)
+        feasible = filtered[signature]
+        rejections = list(feasible.rejections)
+        pairs = cost_pairs(deployment, feasible, table)
+        kept_positions = prune_pairs(deployment, pairs, running[deployment.id], options.max_candidates, table)
+        kept = [pairs.candidate(position) for position in kept_positions]
+        if len(kept) < len(pairs.clusters):
+            mask = np.zeros(len(table.clusters), dtype=bool)
+            mask[pairs.clusters] = True
+            mask[[candidate.cluster for candidate in kept]] = False
+            message = f"farther / costlier than the {len(kept)} candidates considered"
+            rejections.append(_group(PRUNED, message, mask, table))
+        result.append(DeploymentCandidates(deployment, kept, rejections, feasible_pairs=len(pairs.clusters)))
+    return table, result

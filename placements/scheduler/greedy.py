@@ -1,0 +1,280 @@
+"""The greedy placement, the objective of any plan, and the check of a plan's hard constraints.
+
+``evaluate`` is the one definition of the objective: the MILP's plan and the greedy plan are both
+scored with it, so they compare like for like.
+"""
+
+from collections import defaultdict
+
+from .candidates import ClusterTable, DeploymentCandidates
+from .costs import churn_cost_per_replica, lowest_tier_rank, replica_cost, unmet_penalty_per_replica
+from .locks import lock_violation
+from .problem import ClusterInput, DeploymentInput, PlacementKey, ProblemInput
+
+OBJECTIVE_TERMS = ("latency", "preference", "price", "churn", "unmet")
+
+
+def spread_violation(
+    deployment: DeploymentInput, replicas_by_cluster: dict[int, int], clusters: dict[int, ClusterInput]
+) -> str | None:
+    """Return why a deployment's placed replicas break its spread rule, or None.
+
+    A deployment with two or more desired replicas must not have all placed replicas in one cluster,
+    so placing exactly one is a violation too. It must also span at least ``min_providers``
+    providers and ``min_regions`` regions. Placing nothing never violates.
+    ``replicas_by_cluster`` is keyed by cluster id.
+    """
+    placed = sum(replicas_by_cluster.values())
+    if deployment.replicas < 2 or placed == 0:
+        return None
+    largest = max(replicas_by_cluster.values())
+    if largest >= placed:
+        return f"{deployment.name}: all {placed} placed replicas are in one cluster"
+
+    used = [cluster_id for cluster_id, replicas in replicas_by_cluster.items() if replicas > 0]
+    providers = {clusters[cluster_id].provider for cluster_id in used}
+    if len(providers) < deployment.min_providers:
+        return f"{deployment.name}: {len(providers)} providers used, {deployment.min_providers} required"
+    regions = {clusters[cluster_id].region for cluster_id in used}
+    if len(regions) < deployment.min_regions:
+        return f"{deployment.name}: {len(regions)} regions used, {deployment.min_regions} required"
+    return None
+
+
+def placed_replicas(assignments: dict[PlacementKey, int]) -> dict[int, int]:
+    """Return deployment id -> replicas placed by ``assignments``."""
+    placed: dict[int, int] = defaultdict(int)
+    for (deployment_id, _cluster_id, _sku), replicas in assignments.items():
+        placed[deployment_id] += replicas
+    return placed
+
+
+def evaluate(problem: ProblemInput, assignments: dict[PlacementKey, int]) -> tuple[float, dict[str, float]]:
+    """Compute the objective of a plan and its terms, with the cost function of ``placements.scheduler.costs``.
+
+    Raises ValueError for an assignment to a deployment or cluster that is not in ``problem``.
+    """
+    deployments = {deployment.id: deployment for deployment in problem.deployments}
+    clusters = {cluster.id: cluster for cluster in problem.clusters}
+    terms = dict.fromkeys(OBJECTIVE_TERMS, 0.0)
+
+    for (deployment_id, cluster_id, sku), replicas in assignments.items():
+        if replicas <= 0:
+            continue
+        if deployment_id not in deployments or cluster_id not in clusters:
+            raise ValueError(f"assignment {(deployment_id, cluster_id, sku)} names an unknown deployment or cluster")
+        cost = replica_cost(deployments[deployment_id], clusters[cluster_id], sku)
+        terms["latency"] += replicas * cost.latency
+        terms["preference"] += replicas * cost.preference
+        terms["price"] += replicas * cost.price
+
+    for key, running in problem.current.items():
+        deployment = deployments.get(key[0])
+        if deployment is None or running <= 0:
+            continue
+        removed = max(0, running - assignments.get(key, 0))
+        terms["churn"] += removed * churn_cost_per_replica(deployment)
+
+    placed = placed_replicas(assignments)
+    lowest = lowest_tier_rank(problem.deployments)
+    for deployment in problem.deployments:
+        unmet = max(0, deployment.replicas - placed.get(deployment.id, 0))
+        terms["unmet"] += unmet * unmet_penalty_per_replica(deployment, lowest)
+    return sum(terms.values()), terms
+
+
+def check_plan(problem: ProblemInput, assignments: dict[PlacementKey, int]) -> list[str]:
+    """Return every hard-constraint violation in a plan: capacity, locks, SKU fit, schedulability, spread."""
+    deployments = {deployment.id: deployment for deployment in problem.deployments}
+    clusters = {cluster.id: cluster for cluster in problem.clusters}
+    violations = []
+    used_gpus: dict[tuple[int, str], int] = defaultdict(int)
+    by_cluster: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+
+    for key, replicas in assignments.items():
+        deployment_id, cluster_id, sku = key
+        if replicas == 0:
+            continue
+        deployment = deployments.get(deployment_id)
+        cluster = clusters.get(cluster_id)
+        if deployment is None or cluster is None:
+            violations.append(f"{key}: unknown deployment or cluster")
+            continue
+        if replicas < 0 or int(replicas) != replicas:
+            violations.append(f"{deployment.name} on {cluster.name}/{sku}: invalid replica count {replicas}")
+            continue
+        if sku not in deployment.skus:
+            violations.append(f"{deployment.name} on {cluster.name}: SKU {sku} is not one of {deployment.skus}")
+        if not cluster.schedulable:
+            violations.append(f"{deployment.name} on {cluster.name}: cluster is not schedulable ({cluster.state})")
+        for lock in deployment.locks:
+            reason = lock_violation(lock, cluster)
+            if reason:
+                violations.append(f"{deployment.name} on {cluster.name}: {reason}")
+        used_gpus[cluster_id, sku] += replicas * deployment.gpus_per_replica
+        by_cluster[deployment_id][cluster_id] += replicas
+
+    for (cluster_id, sku), gpus in sorted(used_gpus.items()):
+        free = clusters[cluster_id].free_gpus.get(sku, 0)
+        if gpus > free:
+            violations.append(f"{clusters[cluster_id].name}/{sku}: {gpus} GPUs placed, {free} free")
+
+    for deployment_id, replicas_by_cluster in by_cluster.items():
+        deployment = deployments[deployment_id]
+        placed = sum(replicas_by_cluster.values())
+        if placed > deployment.replicas:
+            violations.append(f"{deployment.name}: {placed} replicas placed, {deployment.replicas} desired")
+        reason = spread_violation(deployment, replicas_by_cluster, clusters)
+        if reason:
+            violations.append(reason)
+    return violations
+
+
+def greedy_place(
+    problem: ProblemInput,
+    table: ClusterTable,
+    candidates: list[DeploymentCandidates],
+    start: dict[PlacementKey, int] | None = None,
+    guide: dict[PlacementKey, float] | None = None,
+) -> dict[PlacementKey, int]:
+    """Place replicas greedily: highest tier first, each deployment on its cheapest candidates.
+
+    Within a tier, deployments with more GPUs per replica go first, as in first-fit-decreasing bin
+    packing. ``start`` is a partial plan that fits the capacity (for example a rounded-down LP
+    solution): each deployment keeps its start replicas and greedy adds the rest. ``guide`` maps a
+    placement to replicas that should go there first, ahead of cheaper pairs (for example the
+    fractional parts of an LP solution). The result meets every hard constraint; it is the MILP's
+    warm start and its fallback.
+    """
+    remaining: dict[tuple[int, str], int] = {}
+    for entry in candidates:
+        for cand in entry.candidates:
+            remaining[cand.cluster, cand.sku] = cand.free_gpus
+    bases: dict[int, dict[tuple[int, str], int]] = defaultdict(dict)
+    gpus_by_deployment = {entry.deployment.id: entry.deployment.gpus_per_replica for entry in candidates}
+    for (deployment_id, cluster_id, sku), replicas in (start or {}).items():
+        pair = (table.index_by_id[cluster_id], sku)
+        if replicas > 0 and pair in remaining:
+            bases[deployment_id][pair] = replicas
+            remaining[pair] -= replicas * gpus_by_deployment[deployment_id]
+
+    assignments: dict[PlacementKey, int] = {}
+    order = sorted(
+        range(len(candidates)),
+        key=lambda i: (candidates[i].deployment.tier_rank, -candidates[i].deployment.gpus_per_replica, i),
+    )
+    for i in order:
+        entry = candidates[i]
+        gpus = entry.deployment.gpus_per_replica
+        base = bases.get(entry.deployment.id, {})
+        for pair, replicas in base.items():
+            remaining[pair] += replicas * gpus
+        shares = (
+            {
+                (cand.cluster, cand.sku): guide.get((entry.deployment.id, cand.cluster_id, cand.sku), 0.0)
+                for cand in entry.candidates
+            }
+            if guide
+            else {}
+        )
+        placement = _place_deployment(problem, table, entry, remaining, base, shares)
+        for (cluster_index, sku), replicas in placement.items():
+            remaining[cluster_index, sku] -= replicas * gpus
+            assignments[entry.deployment.id, table.clusters[cluster_index].id, sku] = replicas
+    return assignments
+
+
+def _place_deployment(
+    problem: ProblemInput,
+    table: ClusterTable,
+    entry: DeploymentCandidates,
+    remaining: dict[tuple[int, str], int],
+    base: dict[tuple[int, str], int],
+    shares: dict[tuple[int, str], float],
+) -> dict[tuple[int, str], int]:
+    """Choose replicas for one deployment, one at a time, each on the cheapest pair with room left.
+
+    Starts from the ``base`` replicas. A pair where the deployment runs now is cheaper by the churn
+    its replica would otherwise cost. While the spread rule needs more providers or regions, the
+    next replica goes to a new one. Otherwise pairs with a larger share in ``shares`` come first
+    (largest remainder first, for an LP solution's fractional parts), and each replica placed there
+    uses up one unit of the share. Returns (cluster index, SKU) -> replicas, empty when no
+    placement meets the spread rule.
+    """
+    deployment = entry.deployment
+    gpus = deployment.gpus_per_replica
+    spread = deployment.replicas >= 2
+    cap = deployment.replicas - 1 if spread else deployment.replicas
+    churn = churn_cost_per_replica(deployment)
+    running = {
+        (cand.cluster, cand.sku): problem.current.get((deployment.id, cand.cluster_id, cand.sku), 0)
+        for cand in entry.candidates
+    }
+
+    chosen: dict[tuple[int, str], int] = defaultdict(int)
+    per_cluster: dict[int, int] = defaultdict(int)
+    providers: set[str] = set()
+    regions: set[str] = set()
+    shares = dict(shares)
+    for (cluster, sku), replicas in base.items():
+        # A start plan may put every replica in one cluster: keep at most ``cap`` there.
+        kept = min(replicas, cap - per_cluster[cluster])
+        if kept <= 0:
+            continue
+        chosen[cluster, sku] += kept
+        per_cluster[cluster] += kept
+        providers.add(table.providers[cluster])
+        regions.add(table.regions[cluster])
+
+    for _ in range(deployment.replicas - sum(chosen.values())):
+        need_provider = spread and len(providers) < deployment.min_providers
+        need_region = spread and len(regions) < deployment.min_regions
+        best, best_key = None, (False, 0.0, 0.0)
+        for cand in entry.candidates:
+            pair = (cand.cluster, cand.sku)
+            if remaining[pair] - chosen[pair] * gpus < gpus or per_cluster[cand.cluster] >= cap:
+                continue
+            adds_group = (need_provider and table.providers[cand.cluster] not in providers) or (
+                need_region and table.regions[cand.cluster] not in regions
+            )
+            cost = cand.cost.total - (churn if chosen[pair] < running[pair] else 0.0)
+            share = shares.get(pair, 0.0)
+            key = (adds_group, min(share, 1.0) if share > 1e-6 else 0.0, -cost)
+            if best is None or key > best_key:
+                best, best_key = pair, key
+        if best is None:
+            break
+        if best in shares:
+            shares[best] -= 1.0
+        chosen[best] += 1
+        per_cluster[best[0]] += 1
+        providers.add(table.providers[best[0]])
+        regions.add(table.regions[best[0]])
+
+    return _trim_to_spread(deployment, table, chosen)
+
+
+def _trim_to_spread(
+    deployment: DeploymentInput, table: ClusterTable, chosen: dict[tuple[int, str], int]
+) -> dict[tuple[int, str], int]:
+    """Drop replicas from the fullest cluster until the spread rule holds; drop all if it cannot."""
+    chosen = {pair: replicas for pair, replicas in chosen.items() if replicas > 0}
+    while chosen:
+        clusters = {table.clusters[index].id: table.clusters[index] for index, _sku in chosen}
+        by_cluster: dict[int, int] = defaultdict(int)
+        for (index, _sku), replicas in chosen.items():
+            by_cluster[table.clusters[index].id] += replicas
+        if spread_violation(deployment, by_cluster, clusters) is None:
+            return chosen
+
+        # Dropping replicas never adds a provider or region, so only a one-cluster placement is fixable.
+        providers = {cluster.provider for cluster in clusters.values()}
+        regions = {cluster.region for cluster in clusters.values()}
+        if len(providers) < deployment.min_providers or len(regions) < deployment.min_regions:
+            return {}
+        fullest = max(by_cluster, key=lambda cluster_id: by_cluster[cluster_id])
+        pair = next(pair for pair in chosen if table.clusters[pair[0]].id == fullest)
+        chosen[pair] -= 1
+        if chosen[pair] == 0:
+            del chosen[pair]
+    return chosen

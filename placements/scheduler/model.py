@@ -1,0 +1,307 @@
+"""The placement model as arrays, handed to HiGHS through highspy in one call per matrix part.
+
+Variables, per deployment d with desired replicas R and GPUs per replica g:
+
+- x[d,c,s] integer: replicas on candidate (cluster c, SKU s), from ``candidates``, so locks, SKU fit
+  and schedulability hold by construction. For R >= 2 its upper bound is R - 1, which the spread
+  rule implies;
+- u[d] integer: replicas not placed, with sum x[d,.,.] + u[d] = R;
+- r[d,c,s] >= running - x[d,c,s]: running replicas removed, only where the deployment runs now;
+- z[d,group] and w[d] binaries, only for deployments that ask for two or more providers or regions.
+
+Constraints: capacity sum g * x[.,c,s] <= free GPUs per (c, s); spread for R >= 2, written as
+R * x[d,c] <= (R - 1) * P[d] with x[d,c] summed over SKUs and P[d] = R - u[d] the placed count, which
+forbids one cluster holding every placed replica and so also forbids placing exactly one; and for
+min_providers or min_regions N >= 2: sum over c in group of x[d,c] >= z[d,group],
+sum of z[d,.] >= N * w[d], P[d] <= R * w[d].
+
+PuLP built the same model in about 9 s at 10,000 deployments x 1,000 clusters and took as long
+again to hand it to HiGHS; appending to flat lists and passing numpy arrays takes about a second.
+"""
+
+import contextlib
+import math
+import os
+import sys
+import threading
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import highspy
+import numpy as np
+
+from .candidates import ClusterTable, DeploymentCandidates
+from .costs import churn_cost_per_replica, lowest_tier_rank, unmet_penalty_per_replica
+from .problem import PlacementKey, ProblemInput, SchedulerOptions
+
+_banner_lock = threading.Lock()
+_banner_written = False
+
+
+@dataclass
+class Model:
+    """A placement model over a subset of the deployments, as columns and rows for highspy."""
+
+    deployments: list[int]  # indices into the candidate list, in column order
+    x_start: dict[int, int] = field(default_factory=dict)  # deployment index -> column of its first x
+    unmet: dict[int, int] = field(default_factory=dict)  # deployment index -> column of u
+    churn: dict[tuple[int, int], int] = field(default_factory=dict)  # (deployment, candidate) -> column of r
+    groups: dict[tuple[int, str, str], int] = field(default_factory=dict)  # (deployment, kind, name) -> z
+    used: dict[int, int] = field(default_factory=dict)  # deployment index -> column of w
+    cost: list[float] = field(default_factory=list)
+    lower: list[float] = field(default_factory=list)
+    upper: list[float] = field(default_factory=list)
+    integer: list[int] = field(default_factory=list)  # columns that are integer in the MILP
+    row_lower: list[float] = field(default_factory=list)
+    row_upper: list[float] = field(default_factory=list)
+    row_starts: list[int] = field(default_factory=list)
+    row_columns: list[int] = field(default_factory=list)
+    row_values: list[float] = field(default_factory=list)
+    offset: float = 0.0
+
+    @property
+    def columns(self) -> int:
+        return len(self.cost)
+
+    def add_column(self, cost: float, lower: float, upper: float, integer: bool = True) -> int:
+        self.cost.append(cost)
+        self.lower.append(lower)
+        self.upper.append(upper)
+        if integer:
+            self.integer.append(len(self.cost) - 1)
+        return len(self.cost) - 1
+
+    def add_row(self, lower: float, upper: float, columns: list[int], values: list[float]) -> None:
+        self.row_starts.append(len(self.row_columns))
+        self.row_columns.extend(columns)
+        self.row_values.extend(values)
+        self.row_lower.append(lower)
+        self.row_upper.append(upper)
+
+
+def build_model(
+    problem: ProblemInput,
+    table: ClusterTable,
+    candidates: list[DeploymentCandidates],
+    spread: bool = True,
+    include: list[int] | None = None,
+    taken_gpus: dict[tuple[int, str], int] | None = None,
+) -> Model:
+    """Build the placement model of the deployments ``include`` (all of them by default).
+
+    Without ``spread`` the spread and diversity rows are left out: they are most of the rows, and
+    the LP stage solves without them. ``taken_gpus`` maps (cluster index, SKU) to GPUs that
+    deployments outside the model already hold, which the capacity rows subtract.
+    """
+    include = list(range(len(candidates))) if include is None else include
+    taken_gpus = taken_gpus or {}
+    model = Model(deployments=include)
+    lowest = lowest_tier_rank(problem.deployments)
+    capacity_columns: dict[tuple[int, str], list[int]] = defaultdict(list)
+    capacity_values: dict[tuple[int, str], list[float]] = defaultdict(list)
+    capacity_demand: dict[tuple[int, str], int] = defaultdict(int)
+    running: dict[int, dict[tuple[int, str], int]] = defaultdict(dict)
+    for (deployment_id, cluster_id, sku), replicas in problem.current.items():
+        running[deployment_id][cluster_id, sku] = replicas
+
+    for d in include:
+        entry = candidates[d]
+        deployment = entry.deployment
+        replicas = deployment.replicas
+        gpus = deployment.gpus_per_replica
+        model.x_start[d] = model.columns
+        for cand in entry.candidates:
+            pair = (cand.cluster, cand.sku)
+            free = cand.free_gpus - taken_gpus.get(pair, 0)
+            upper = max(0, min(replicas - 1 if replicas >= 2 else replicas, free // gpus))
+            column = model.add_column(cand.cost.total, 0.0, float(upper))
+            capacity_columns[pair].append(column)
+            capacity_values[pair].append(float(gpus))
+            capacity_demand[pair] += upper * gpus
+        unmet = model.add_column(unmet_penalty_per_replica(deployment, lowest), 0.0, float(replicas))
+        model.unmet[d] = unmet
+        x_columns = list(range(model.x_start[d], unmet))
+        model.add_row(replicas, replicas, [*x_columns, unmet], [1.0] * (len(x_columns) + 1))
+
+        model.offset += _add_churn(model, d, entry, running.get(deployment.id, {}))
+        if spread and replicas >= 2 and entry.candidates:
+            add_spread(model, table, d, entry)
+
+    for pair, columns in capacity_columns.items():
+        cluster, sku = pair
+        free = int(table.free[sku][cluster]) - taken_gpus.get(pair, 0)
+        if capacity_demand[pair] > free:  # rows that can never bind are left out
+            model.add_row(-math.inf, float(free), columns, capacity_values[pair])
+    return model
+
+
+def _add_churn(model: Model, d: int, entry: DeploymentCandidates, running_pairs: dict[tuple[int, str], int]) -> float:
+    """Add r >= running - x where the deployment runs now; return the churn of pairs with no candidate.
+
+    ``running_pairs`` maps (cluster id, SKU) to the deployment's replicas running there now.
+    """
+    churn = churn_cost_per_replica(entry.deployment)
+    position = {(cand.cluster_id, cand.sku): j for j, cand in enumerate(entry.candidates)}
+    constant = 0.0
+    for pair, running in running_pairs.items():
+        if running <= 0:
+            continue
+        j = position.get(pair)
+        if j is None:
+            constant += running * churn
+            continue
+        removed = model.add_column(churn, 0.0, float(running))
+        model.churn[d, j] = removed
+        model.add_row(float(running), math.inf, [removed, model.x_start[d] + j], [1.0, 1.0])
+    return constant
+
+
+def add_spread(model: Model, table: ClusterTable, d: int, entry: DeploymentCandidates) -> None:
+    """Add the one-cluster spread rows and, where asked, the provider and region diversity rows."""
+    deployment = entry.deployment
+    replicas = deployment.replicas
+    unmet = model.unmet[d]
+    by_cluster: dict[int, list[int]] = defaultdict(list)
+    for j, cand in enumerate(entry.candidates):
+        by_cluster[cand.cluster].append(model.x_start[d] + j)
+
+    # R * x[d,c] <= (R - 1) * (R - u[d]), rearranged to R * x[d,c] + (R - 1) * u[d] <= (R - 1) * R.
+    for columns in by_cluster.values():
+        values = [float(replicas)] * len(columns) + [float(replicas - 1)]
+        model.add_row(-math.inf, float((replicas - 1) * replicas), [*columns, unmet], values)
+
+    wanted = {"provider": deployment.min_providers, "region": deployment.min_regions}
+    if max(wanted.values()) < 2:
+        return
+    used = model.add_column(0.0, 0.0, 1.0)
+    model.used[d] = used
+    # P[d] <= R * w[d], with P[d] = R - u[d].
+    model.add_row(float(replicas), math.inf, [unmet, used], [1.0, float(replicas)])
+    for kind, minimum in wanted.items():
+        if minimum < 2:
+            continue
+        names = table.providers if kind == "provider" else table.regions
+        members: dict[str, list[int]] = defaultdict(list)
+        for cluster, columns in by_cluster.items():
+            members[names[cluster]].extend(columns)
+        zs = []
+        for name, columns in members.items():
+            z = model.add_column(0.0, 0.0, 1.0)
+            model.groups[d, kind, name] = z
+            zs.append(z)
+            model.add_row(0.0, math.inf, [*columns, z], [1.0] * len(columns) + [-1.0])
+        model.add_row(0.0, math.inf, [*zs, used], [1.0] * len(zs) + [-float(minimum)])
+
+
+def to_highs(model: Model, options: SchedulerOptions, mip: bool) -> highspy.Highs:
+    """Pass the model to a new HiGHS instance configured from ``options``; ``mip`` keeps integrality."""
+    highs = new_highs(options)
+    count = model.columns
+    empty = np.zeros(0, dtype=np.int32)
+    highs.addCols(
+        count,
+        np.array(model.cost, dtype=np.float64),
+        np.array(model.lower, dtype=np.float64),
+        np.array(model.upper, dtype=np.float64),
+        0,
+        empty,
+        empty,
+        np.zeros(0),
+    )
+    inf = highspy.kHighsInf
+    highs.addRows(
+        len(model.row_lower),
+        np.clip(np.array(model.row_lower, dtype=np.float64), -inf, inf),
+        np.clip(np.array(model.row_upper, dtype=np.float64), -inf, inf),
+        len(model.row_columns),
+        np.array(model.row_starts, dtype=np.int32),
+        np.array(model.row_columns, dtype=np.int32),
+        np.array(model.row_values, dtype=np.float64),
+    )
+    if mip and model.integer:
+        integer = np.array(model.integer, dtype=np.int32)
+        highs.changeColsIntegrality(
+            len(integer), integer, np.full(len(integer), highspy.HighsVarType.kInteger, dtype=np.uint8)
+        )
+    highs.changeObjectiveOffset(model.offset)
+    return highs
+
+
+def new_highs(options: SchedulerOptions) -> highspy.Highs:
+    """Create a HiGHS instance with the log, thread and seed options of ``options``."""
+    if options.threads is not None:
+        # HiGHS keeps one thread pool per process, sized by the first run. A later run with another
+        # thread count fails with no solution unless the pool is reset first.
+        # NOTE: the reset is unsafe while another thread of this process is inside a HiGHS solve.
+        highspy.Highs.resetGlobalScheduler(True)
+    with _quiet_banner(not options.solver_log):
+        highs = highspy.Highs()
+    highs.setOptionValue("output_flag", options.solver_log)
+    highs.setOptionValue("random_seed", options.random_seed)
+    if options.threads is not None:
+        highs.setOptionValue("threads", options.threads)
+    return highs
+
+
+@contextlib.contextmanager
+def _quiet_banner(quiet: bool):
+    """Send file descriptor 1 to /dev/null while the process's first HiGHS instance is created.
+
+    highspy 1.16 writes its version and copyright banner to the C stdout from the constructor of
+    the first instance in a process, before any option such as ``output_flag`` can be set.
+    NOTE: output that another thread writes to stdout in that window is lost too.
+    """
+    global _banner_written
+    with _banner_lock:
+        if not quiet or _banner_written:
+            _banner_written = True
+            yield
+            return
+        sys.stdout.flush()
+        saved = os.dup(1)
+        try:
+            with open(os.devnull, "wb") as devnull:
+                os.dup2(devnull.fileno(), 1)
+            yield
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
+            _banner_written = True
+
+
+def start_values(
+    model: Model,
+    problem: ProblemInput,
+    table: ClusterTable,
+    candidates: list[DeploymentCandidates],
+    plan: dict[PlacementKey, int],
+) -> np.ndarray:
+    """Return the value of every column in ``plan`` (a feasible plan), for HiGHS's ``setSolution``."""
+    values = np.zeros(model.columns)
+    for d in model.deployments:
+        entry = candidates[d]
+        deployment = entry.deployment
+        placed = 0
+        for j, cand in enumerate(entry.candidates):
+            cluster = table.clusters[cand.cluster]
+            replicas = plan.get((deployment.id, cluster.id, cand.sku), 0)
+            values[model.x_start[d] + j] = replicas
+            placed += replicas
+            if replicas > 0:
+                for key in ((d, "provider", cluster.provider), (d, "region", cluster.region)):
+                    if key in model.groups:
+                        values[model.groups[key]] = 1.0
+            removed = model.churn.get((d, j))
+            if removed is not None:
+                running = problem.current.get((deployment.id, cluster.id, cand.sku), 0)
+                values[removed] = max(0, running - replicas)
+        values[model.unmet[d]] = deployment.replicas - placed
+        if d in model.used:
+            values[model.used[d]] = 1.0 if placed > 0 else 0.0
+    return values
+
+
+def placement_values(model: Model, candidates: list[DeploymentCandidates], solution) -> dict[int, np.ndarray]:
+    """Return deployment index -> the x values of its candidates in ``solution`` (a column-value list)."""
+    values = np.asarray(solution, dtype=np.float64)
+    return {d: values[model.x_start[d] : model.x_start[d] + len(candidates[d].candidates)] for d in model.deployments}
