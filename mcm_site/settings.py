@@ -199,6 +199,8 @@ else:
 MCM_CLUSTER_API_TIMEOUT_S = float(os.environ.get("MCM_CLUSTER_API_TIMEOUT_S", "10"))
 # Maximum API calls per second to one cluster, per worker process.
 MCM_CLUSTER_CALLS_PER_SECOND = float(os.environ.get("MCM_CLUSTER_CALLS_PER_SECOND", "20"))
+# Maximum clusters that one execution or reconciliation pass calls at once, one thread each.
+MCM_EXECUTION_PARALLEL_CLUSTERS = int(os.environ.get("MCM_EXECUTION_PARALLEL_CLUSTERS", "16"))
 # Failed attempts after which an execution step is marked failed (non-retryable errors fail at once).
 MCM_EXECUTION_MAX_ATTEMPTS = int(os.environ.get("MCM_EXECUTION_MAX_ATTEMPTS", "5"))
 # Seconds between execution passes while a plan's replicas come up.

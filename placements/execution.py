@@ -15,12 +15,17 @@ than the step's phase, so a phase guessed from a stale observation cannot deadlo
 No Kubernetes call runs inside a transaction: a step is claimed by a compare-and-set UPDATE of
 its attempt counter, the API is called, then the outcome is recorded in a short transaction.
 Every write is idempotent, so a second pass, or one after a crash half-way, changes nothing more.
+
+A pass runs in three phases, so that clusters are called concurrently while all database work
+stays on the calling thread: decide and claim every step (database), write to the clusters,
+one worker thread per cluster (``run_per_cluster``), then record the outcomes (database).
 """
 
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 
 from django.conf import settings
 from django.db import transaction
@@ -28,8 +33,8 @@ from django.db.models import F
 from django.utils import timezone
 
 from compliance.services import record_event
-from fleet.kube import ClusterError, DesiredDeployment, ObservedDeployment
-from fleet.models import TelemetrySnapshot
+from fleet.kube import ClusterAdapter, ClusterError, DesiredDeployment, ObservedDeployment
+from fleet.models import Cluster, TelemetrySnapshot
 from fleet.skus import gpu_product_for_sku
 from placements.models import (
     Assignment,
@@ -47,6 +52,7 @@ from placements.observation import (
     kubernetes_name,
     observe_clusters,
     open_adapters,
+    run_per_cluster,
     unready_deployments,
 )
 
@@ -204,6 +210,74 @@ def running_replicas(clusters: set[int], observed: dict[int, ClusterObservation]
 # Execution.
 
 
+@dataclass(frozen=True)
+class ClusterWrite:
+    """One API write to a Deployment as plain data, so that a worker thread makes it without the ORM."""
+
+    name: str  # the Deployment's Kubernetes name
+    desired: DesiredDeployment | None  # None deletes the Deployment
+
+    def apply(self, adapter: ClusterAdapter) -> ObservedDeployment | None:
+        """Call the cluster's API: delete when ``desired`` is None, otherwise create or patch."""
+        if self.desired is None:
+            adapter.delete_deployment(self.name)
+            return None
+        return adapter.apply_deployment(self.desired)
+
+
+WriteOutcome = ObservedDeployment | None | ClusterError
+
+
+def step_write(step: ExecutionStep, gpu_product: str) -> ClusterWrite:
+    """Return the write that brings the step's cluster to the step's spec: delete for 0 replicas."""
+    name = kubernetes_name(step.deployment)
+    if step.desired_replicas == 0:
+        return ClusterWrite(name, None)
+    desired = DesiredDeployment(
+        name=name,
+        deployment_id=step.deployment_id,
+        replicas=step.desired_replicas,
+        gpus_per_replica=step.deployment.gpus_per_replica,
+        gpu_product=gpu_product,
+    )
+    return ClusterWrite(name, desired)
+
+
+def write_clusters(writes: list[tuple[Cluster, ClusterWrite]], adapters: Adapters) -> list[WriteOutcome]:
+    """Make the writes, clusters concurrently and each cluster's writes in the given order.
+
+    Returns each write's outcome, in the order of ``writes``: the Deployment that the cluster
+    returned, None after a delete, or the ``ClusterError`` that the write, or connecting to its
+    cluster, raised. A failed write does not stop the next writes to the same cluster.
+    """
+    by_cluster: dict[int, tuple[Cluster, list[int]]] = {}
+    for index, (cluster, _) in enumerate(writes):
+        by_cluster.setdefault(cluster.pk, (cluster, []))[1].append(index)
+    jobs = [
+        (cluster, partial(apply_writes, [writes[index][1] for index in indexes]))
+        for cluster, indexes in by_cluster.values()
+    ]
+    results = run_per_cluster(jobs, adapters)
+
+    outcomes: list[WriteOutcome] = [None] * len(writes)
+    for cluster_id, (_, indexes) in by_cluster.items():
+        result = results[cluster_id]
+        for position, index in enumerate(indexes):
+            outcomes[index] = result if isinstance(result, ClusterError) else result[position]
+    return outcomes
+
+
+def apply_writes(batch: list[ClusterWrite], adapter: ClusterAdapter) -> list[WriteOutcome]:
+    """Make one cluster's writes in order; runs on a worker thread, so it must not touch the ORM."""
+    outcomes: list[WriteOutcome] = []
+    for write in batch:
+        try:
+            outcomes.append(write.apply(adapter))
+        except ClusterError as error:
+            outcomes.append(error)
+    return outcomes
+
+
 def execute_plan(plan_id: int, *, now: datetime | None = None) -> ExecutionReport:
     """Prepare a plan's steps and run one execution pass; a plan that is no longer applied is left alone."""
     plan = PlacementPlan.objects.get(pk=plan_id)
@@ -234,85 +308,88 @@ def advance_plan(
     if not steps:
         return report
     observations = dict(observations or {})
-    unobserved = {step.cluster for step in steps if step.cluster_id not in observations}
-    observations.update(observe_clusters(unobserved, adapters))
+    unobserved = {step.cluster_id: step.cluster for step in steps if step.cluster_id not in observations}
+    observations.update(observe_clusters(unobserved.values(), adapters))
     unready = unready_deployments(plan_targets(plan), observations)
     timeout = timedelta(seconds=settings.MCM_EXECUTION_TIMEOUT_S)
 
     steps.sort(key=lambda step: (step.phase != StepPhase.SCALE_UP, step.cluster_id, step.deployment_id))
+    # Settle or claim every step first, then write to the clusters concurrently, then record.
+    claimed: list[tuple[ExecutionStep, ClusterWrite]] = []
     for step in steps:
         replacements_ready = step.deployment_id not in unready
-        run_step(step, observations[step.cluster_id], replacements_ready, adapters, report, now)
+        write = plan_step(step, observations[step.cluster_id], replacements_ready, report, now)
+        if write is not None:
+            claimed.append((step, write))
+    # NOTE: an exception other than ClusterError from a write leaves every claimed attempt of this
+    # pass unrecorded. The next pass observes the clusters again and settles those steps, each
+    # with one attempt more on its counter.
+    outcomes = write_clusters([(step.cluster, write) for step, write in claimed], adapters)
+    for (step, write), outcome in zip(claimed, outcomes, strict=True):
+        record_outcome(step, write, outcome, report, now)
+
+    for step in steps:
         if step.status == StepStatus.PENDING and now - step.created_at < timeout:
             report.within_timeout = True
     logger.info("execution pass of plan v%s: %s", plan.version, report.as_dict())
     return report
 
 
-def run_step(
+def plan_step(
     step: ExecutionStep,
     observation: ClusterObservation,
     replacements_ready: bool,
-    adapters: Adapters,
     report: ExecutionReport,
     now: datetime,
-) -> None:
-    """Bring one step one move closer to done, updating ``step`` and ``report``."""
+) -> ClusterWrite | None:
+    """Settle a step that needs no API write, or claim an attempt and return the write to make.
+
+    Updates ``step`` and ``report`` for settled steps. Returns None when nothing is to be written
+    now, including when another pass claimed the attempt first.
+    """
     gpu_product = gpu_product_for_sku(step.sku.name)
     if gpu_product is None:
         fail_step(step, f"no nvidia.com/gpu.product label is known for SKU {step.sku.name}; add one to fleet.skus", now)
         report.failed += 1
-        return
+        return None
     if observation.error is not None:
         if claim_attempt(step, now):
             record_error(step, observation.error, report, now)
-        return
+        return None
 
     current = observation.deployments.get(step.deployment_id)
     if is_converged(step, current, gpu_product):
         report.executed += mark_executed(step, current, now)
-        return
+        return None
     if is_applied(step, current, gpu_product):
         note_observed(step, current, now)
         report.waiting += 1
-        return
+        return None
     if current is not None and current.replicas > step.desired_replicas and not replacements_ready:
         note_observed(step, current, now)
         report.blocked += 1
-        return
+        return None
 
     if not claim_attempt(step, now):
-        return
-    try:
-        result = write_step(step, adapters, gpu_product)
-    except ClusterError as error:
-        record_error(step, error, report, now)
+        return None
+    return step_write(step, gpu_product)
+
+
+def record_outcome(
+    step: ExecutionStep, write: ClusterWrite, outcome: WriteOutcome, report: ExecutionReport, now: datetime
+) -> None:
+    """Record the outcome of a claimed step's API write, updating ``step`` and ``report``."""
+    if isinstance(outcome, ClusterError):
+        record_error(step, outcome, report, now)
         return
     report.applied += 1
-    if is_converged(step, result, gpu_product):
-        report.executed += mark_executed(step, result, now)
+    # A delete leaves nothing whose GPU product could be compared.
+    gpu_product = write.desired.gpu_product if write.desired is not None else ""
+    if is_converged(step, outcome, gpu_product):
+        report.executed += mark_executed(step, outcome, now)
     else:
-        note_observed(step, result, now)
+        note_observed(step, outcome, now)
         report.waiting += 1
-
-
-def desired_deployment(step: ExecutionStep, gpu_product: str) -> DesiredDeployment:
-    return DesiredDeployment(
-        name=kubernetes_name(step.deployment),
-        deployment_id=step.deployment_id,
-        replicas=step.desired_replicas,
-        gpus_per_replica=step.deployment.gpus_per_replica,
-        gpu_product=gpu_product,
-    )
-
-
-def write_step(step: ExecutionStep, adapters: Adapters, gpu_product: str) -> ObservedDeployment | None:
-    """Call the cluster's API for one step: delete for 0 replicas, otherwise create or patch."""
-    adapter = adapters.get(step.cluster)
-    if step.desired_replicas == 0:
-        adapter.delete_deployment(kubernetes_name(step.deployment))
-        return None
-    return adapter.apply_deployment(desired_deployment(step, gpu_product))
 
 
 def is_applied(step: ExecutionStep, current: ObservedDeployment | None, gpu_product: str) -> bool:

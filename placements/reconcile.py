@@ -14,7 +14,8 @@ old could delete replicas that have just become the only ready ones. Then, for t
 5. steps pending for longer than ``MCM_EXECUTION_TIMEOUT_S`` fail, and a re-plan is requested.
 
 Every difference found is a ``DriftRecord``; a difference that persists unrepaired is recorded
-once, not on every run.
+once, not on every run. Like an execution pass, repairs and stray removals are decided on the
+calling thread, written to all clusters concurrently, then recorded on the calling thread.
 """
 
 import logging
@@ -29,6 +30,8 @@ from fleet.kube import ClusterError, ObservedDeployment
 from fleet.models import Cluster
 from fleet.skus import gpu_product_for_sku
 from placements.execution import (
+    ClusterWrite,
+    WriteOutcome,
     advance_plan,
     fail_timed_out_steps,
     is_applied,
@@ -36,7 +39,8 @@ from placements.execution import (
     plan_targets,
     prepare_steps,
     step_summary,
-    write_step,
+    step_write,
+    write_clusters,
 )
 from placements.models import Deployment, DriftRecord, ExecutionStep, PlacementPlan, StepStatus
 from placements.observation import (
@@ -84,6 +88,8 @@ def reconcile(now: datetime | None = None) -> ReconcileReport:
             observation.cluster.name for observation in observations.values() if observation.error is not None
         )
         targets: dict[int, dict[int, int]] = {}
+        settled: list[ExecutionStep] = []
+        unready: set[int] = set()
         if plan is not None:
             report.plan_version = plan.version
             # Only steps settled before this run's pass are checked for drift; the pass itself
@@ -99,13 +105,7 @@ def reconcile(now: datetime | None = None) -> ReconcileReport:
             record_unplanned(observations, targets, known, report)
             report.execution = advance_plan(plan, adapters, observations=observations, now=now).as_dict()
             unready = unready_deployments(targets, observations)
-            for step in settled:
-                repair_step(
-                    step, observations.get(step.cluster_id), step.deployment_id not in unready, adapters, report
-                )
-        else:
-            unready = set()
-        remove_strays(observations, unready, adapters, report)
+        repair_clusters(settled, observations, unready, adapters, report)
 
     if plan is not None:
         timed_out = fail_timed_out_steps(plan, now)
@@ -114,6 +114,31 @@ def reconcile(now: datetime | None = None) -> ReconcileReport:
             report.replan_requested_for = request_replan(plan, timed_out)
     logger.info("reconciliation: %s", report.as_dict())
     return report
+
+
+def repair_clusters(
+    settled: list[ExecutionStep],
+    observations: dict[int, ClusterObservation],
+    unready: set[int],
+    adapters: Adapters,
+    report: ReconcileReport,
+) -> None:
+    """Repair the settled steps' drift and remove strays, writing to the clusters concurrently."""
+    repairs = []
+    for step in settled:
+        repair = plan_repair(step, observations.get(step.cluster_id), step.deployment_id not in unready, report)
+        if repair is not None:
+            repairs.append(repair)
+    removals = plan_stray_removals(observations, unready, report)
+
+    writes = [(repair.step.cluster, repair.write) for repair in repairs]
+    writes += [(removal.cluster, ClusterWrite(removal.stray.name, None)) for removal in removals]
+    outcomes = write_clusters(writes, adapters)
+
+    for repair, outcome in zip(repairs, outcomes[: len(repairs)], strict=True):
+        record_repair(repair, outcome, report)
+    for removal, outcome in zip(removals, outcomes[len(repairs) :], strict=True):
+        record_stray_removal(removal, outcome, report)
 
 
 def record_unplanned(
@@ -131,45 +156,60 @@ def record_unplanned(
                 record_drift(observation.cluster, deployment, current.name, 0, current, "removal_scheduled", report)
 
 
-def repair_step(
+@dataclass(frozen=True)
+class Repair:
+    """A settled step whose cluster drifted, with what the cluster ran and the write that repairs it."""
+
+    step: ExecutionStep
+    current: ObservedDeployment | None
+    gpu_product: str
+    write: ClusterWrite
+
+
+def plan_repair(
     step: ExecutionStep,
     observation: ClusterObservation | None,
     replacements_ready: bool,
-    adapters: Adapters,
     report: ReconcileReport,
-) -> None:
-    """Repair a settled step's cluster if it drifted; a failed step that converges becomes executed."""
+) -> Repair | None:
+    """Return the repair a settled step's cluster needs, or None after recording why none is made now.
+
+    A failed step whose cluster converged becomes executed here.
+    """
     gpu_product = gpu_product_for_sku(step.sku.name)
     if observation is None or observation.error is not None or gpu_product is None:
-        return
+        return None
     current = observation.deployments.get(step.deployment_id)
     if is_converged(step, current, gpu_product):
         if step.status == StepStatus.FAILED:
             recover_step(step, current)
-        return
+        return None
 
     name = kubernetes_name(step.deployment)
     if is_applied(step, current, gpu_product):
         # The spec is right but pods are not ready (lost capacity, a crash loop): nothing to re-apply.
         record_drift(step.cluster, step.deployment, name, step.desired_replicas, current, "not_ready", report)
-        return
+        return None
     if current is not None and current.replicas > step.desired_replicas and not replacements_ready:
         record_drift(
             step.cluster, step.deployment, name, step.desired_replicas, current, "waiting_for_replacements", report
         )
-        return
+        return None
+    return Repair(step, current, gpu_product, step_write(step, gpu_product))
 
-    try:
-        result = write_step(step, adapters, gpu_product)
-    except ClusterError as error:
+
+def record_repair(repair: Repair, outcome: WriteOutcome, report: ReconcileReport) -> None:
+    """Record a repair's drift; a failed step that the repair made converge becomes executed."""
+    step, current, name = repair.step, repair.current, repair.write.name
+    if isinstance(outcome, ClusterError):
         report.repairs_failed += 1
-        logger.warning("repair of step %s on cluster %s failed: %s", step.pk, step.cluster.name, error)
+        logger.warning("repair of step %s on cluster %s failed: %s", step.pk, step.cluster.name, outcome)
         record_drift(step.cluster, step.deployment, name, step.desired_replicas, current, "repair_failed", report)
         return
     action = repair_action(current, step.desired_replicas)
     record_drift(step.cluster, step.deployment, name, step.desired_replicas, current, action, report, repaired=True)
-    if step.status == StepStatus.FAILED and is_converged(step, result, gpu_product):
-        recover_step(step, result)
+    if step.status == StepStatus.FAILED and is_converged(step, outcome, repair.gpu_product):
+        recover_step(step, outcome)
 
 
 def repair_action(current: ObservedDeployment | None, desired: int) -> str:
@@ -197,12 +237,25 @@ def recover_step(step: ExecutionStep, current: ObservedDeployment | None) -> Non
         logger.info("failed step %s converged later and is now executed", step.pk)
 
 
-def remove_strays(
-    observations: dict[int, ClusterObservation], unready: set[int], adapters: Adapters, report: ReconcileReport
-) -> None:
-    """Delete managed Deployments that belong to no live deployment under MCM's name for it."""
+@dataclass(frozen=True)
+class StrayRemoval:
+    """A stray Deployment to delete from a cluster, and the live deployment it belongs to, if any."""
+
+    cluster: Cluster
+    deployment: Deployment | None
+    stray: ObservedDeployment
+
+
+def plan_stray_removals(
+    observations: dict[int, ClusterObservation], unready: set[int], report: ReconcileReport
+) -> list[StrayRemoval]:
+    """Return the strays to delete now: managed Deployments that belong to no live deployment under MCM's name for it.
+
+    Strays that must stay for now get a drift record instead.
+    """
     ids = {stray.deployment_id for obs in observations.values() for stray in obs.strays if stray.deployment_id}
     live = {deployment.pk: deployment for deployment in Deployment.objects.filter(pk__in=ids)}
+    removals = []
     for observation in observations.values():
         for stray in observation.strays:
             deployment = live.get(stray.deployment_id) if stray.deployment_id is not None else None
@@ -213,23 +266,17 @@ def remove_strays(
             elif deployment is not None and deployment.pk in unready:
                 action = "waiting_for_replacements"
             else:
-                remove_stray(observation.cluster, deployment, stray, adapters, report)
+                removals.append(StrayRemoval(observation.cluster, deployment, stray))
                 continue
             record_drift(observation.cluster, deployment, stray.name, 0, stray, action, report)
+    return removals
 
 
-def remove_stray(
-    cluster: Cluster,
-    deployment: Deployment | None,
-    stray: ObservedDeployment,
-    adapters: Adapters,
-    report: ReconcileReport,
-) -> None:
-    try:
-        adapters.get(cluster).delete_deployment(stray.name)
-    except ClusterError as error:
+def record_stray_removal(removal: StrayRemoval, outcome: WriteOutcome, report: ReconcileReport) -> None:
+    cluster, deployment, stray = removal.cluster, removal.deployment, removal.stray
+    if isinstance(outcome, ClusterError):
         report.repairs_failed += 1
-        logger.warning("removing stray deployment %s from cluster %s failed: %s", stray.name, cluster.name, error)
+        logger.warning("removing stray deployment %s from cluster %s failed: %s", stray.name, cluster.name, outcome)
         record_drift(cluster, deployment, stray.name, 0, stray, "repair_failed", report)
         return
     record_drift(cluster, deployment, stray.name, 0, stray, "deleted", report, repaired=True)

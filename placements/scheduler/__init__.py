@@ -7,7 +7,7 @@ better of the two valid plans, and explains the kept plan. The package never imp
 import logging
 import time
 
-import highspy
+from highspy.highs import HighsError
 
 from .candidates import build_candidates
 from .explain import explain_plan
@@ -53,7 +53,7 @@ def solve(problem: ProblemInput, options: SchedulerOptions | None = None) -> Pla
             outcome = solve_milp(
                 problem, table, candidates, options, greedy={} if greedy_violations else greedy, deadline=deadline
             )
-        except highspy.HighsError:
+        except HighsError:
             logger.exception("MILP solve failed; keeping the greedy plan")
             outcome = None
         if outcome is not None:
@@ -61,7 +61,7 @@ def solve(problem: ProblemInput, options: SchedulerOptions | None = None) -> Pla
             build_seconds = candidate_seconds + outcome.build_seconds
             solve_seconds = outcome.solve_seconds
             choice = _milp_if_better(problem, outcome.assignments, greedy_objective)
-            if choice is not None:
+            if choice is not None and outcome.assignments is not None:
                 kept, (objective, terms), solver = outcome.assignments, choice, "highs"
 
     placed = placed_replicas(kept)

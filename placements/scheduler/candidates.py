@@ -345,7 +345,7 @@ def build_candidates(
         rejections = list(feasible.rejections)
         pairs = cost_pairs(deployment, feasible, table)
         kept_positions = prune_pairs(deployment, pairs, running[deployment.id], options.max_candidates, table)
-        kept = [pairs.candidate(position) for position in kept_positions]
+        kept = one_sku_per_cluster(deployment, [pairs.candidate(position) for position in kept_positions])
         if len(kept) < len(pairs.clusters):
             mask = np.zeros(len(table.clusters), dtype=bool)
             mask[pairs.clusters] = True
@@ -354,3 +354,27 @@ def build_candidates(
             rejections.append(_group(PRUNED, message, mask, table))
         result.append(DeploymentCandidates(deployment, kept, rejections, feasible_pairs=len(pairs.clusters)))
     return table, result
+
+
+def one_sku_per_cluster(deployment: DeploymentInput, candidates: list[Candidate]) -> list[Candidate]:
+    """Keep one SKU per cluster: the cheapest with room for the most replicas one cluster may hold.
+
+    A deployment is one Kubernetes Deployment per cluster, with one GPU node selector, so its
+    replicas in one cluster must all use the same SKU. The rule keeps the cheapest SKU with room
+    for all but one of the deployment's replicas (the spread rule's maximum), or failing that the
+    SKU with the most room. It does not look at where the deployment runs now, so re-planning an
+    unchanged input keeps the same candidates.
+    NOTE: a plan may switch a deployment's SKU within a cluster when capacity changes; the pods are
+    then replaced in place, without make-before-break inside that cluster.
+    """
+    gpus = deployment.gpus_per_replica
+    wanted = max(deployment.replicas - 1, 1)
+    by_cluster: dict[int, list[Candidate]] = defaultdict(list)
+    for candidate in candidates:  # cheapest first
+        by_cluster[candidate.cluster].append(candidate)
+    chosen = set()
+    for options in by_cluster.values():
+        roomy = [option for option in options if option.free_gpus // gpus >= wanted]
+        best = (roomy or [max(options, key=lambda option: option.free_gpus // gpus)])[0]
+        chosen.add(id(best))
+    return [candidate for candidate in candidates if id(candidate) in chosen]

@@ -169,14 +169,11 @@ def greedy_place(
         base = bases.get(entry.deployment.id, {})
         for pair, replicas in base.items():
             remaining[pair] += replicas * gpus
-        shares = (
-            {
-                (cand.cluster, cand.sku): guide.get((entry.deployment.id, cand.cluster_id, cand.sku), 0.0)
-                for cand in entry.candidates
-            }
-            if guide
-            else {}
-        )
+        shares = {}
+        for cand in entry.candidates:
+            share = (guide or {}).get((entry.deployment.id, cand.cluster_id, cand.sku), 0.0)
+            if share > 0:
+                shares[cand.cluster, cand.sku] = share
         placement = _place_deployment(problem, table, entry, remaining, base, shares)
         for (cluster_index, sku), replicas in placement.items():
             remaining[cluster_index, sku] -= replicas * gpus

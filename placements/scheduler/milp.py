@@ -30,9 +30,9 @@ LP_SHARE_OF_TIME = 0.6
 RELAX_AND_FIX_RESERVE = 0.3
 # Relax-and-fix stops after this many LP rounds, or earlier when a round settles no deployment.
 RELAX_AND_FIX_MAX_ROUNDS = 10
-# The MILP stage re-solves every deployment that the first LP solution leaves fractional, short or
-# unspread if their x columns number at most this many per second left. Otherwise it re-solves only
-# those that relax-and-fix could not settle from the first LP solution, or left short. On the 2-core
+# The MILP stage re-solves the deployments that relax-and-fix could not settle from the first LP
+# solution or left short, plus those the first LP solution leaves fractional, short or unspread while
+# their x columns number at most this many per second left. On the 2-core
 # development machine (load 2-4) at 10,000 x 1,000, from the relax-and-fix warm start, HiGHS proved
 # the narrow neighbourhood (35,000 columns) within 1 % in 18-23 s. The broad one (54,000 columns,
 # 43,000 of them x) gave a better plan when it had 39 s, but none better than the warm start in 30 s.
@@ -106,12 +106,9 @@ def solve_milp(
         if rounded_objective < start_objective:
             start_plan, start_objective = rounded, rounded_objective
             if model.columns >= FIX_AND_OPTIMIZE_MIN_VARIABLES:
-                short = _short_deployments(candidates, rounded)
-                include = sorted(set(settlement.contested) | short)
-                broad = sorted(set(include) | set(fractional))
-                columns = sum(len(candidates[d].candidates) for d in broad)
-                if columns <= MILP_COLUMNS_PER_SECOND * (deadline - time.perf_counter()):
-                    include = broad
+                budget = MILP_COLUMNS_PER_SECOND * (deadline - time.perf_counter())
+                narrow = set(settlement.contested) | _short_deployments(candidates, rounded)
+                include = _neighbourhood(candidates, narrow, fractional, budget)
     fixed = len(candidates) - len(include)
     logger.info(
         "LP relaxation without spread rows: status %s, objective %s, %.1f s; %d LP rounds of relax-and-fix; "
@@ -189,7 +186,22 @@ def _run(model: Model, options: SchedulerOptions, mip: bool, time_limit: float, 
     )
     bound = highs.getInfo().mip_dual_bound if mip else None
     solution = list(highs.getSolution().col_value) if has_solution else None
-    return _Stage(highs.modelStatusToString(status), solution, objective, bound, time.perf_counter() - started)
+    seconds = time.perf_counter() - started
+    if solution is not None and start is not None:
+        # NOTE: HiGHS 1.16 can report an optimal objective with the warm start's column values, seen
+        # on a model that presolve solved. Solving again without the start returns matching values.
+        actual = float(np.dot(model.cost, solution)) + model.offset
+        if abs(actual - objective) > 1e-6 * max(1.0, abs(objective)):
+            logger.warning(
+                "HiGHS reported objective %.9g but its solution has %.9g; solving again without the warm start",
+                objective,
+                actual,
+            )
+            again = _run(model, options, mip, time_limit - seconds)
+            if again.solution is not None:
+                again.seconds += seconds
+                return again
+    return _Stage(highs.modelStatusToString(status), solution, objective, bound, seconds)
 
 
 _STOPPED_EARLY = (
@@ -260,6 +272,24 @@ def _relax_and_fix(
         values.update(placement_values(model, candidates, lp.solution))
         result.rounds += 1
     return result
+
+
+def _neighbourhood(
+    candidates: list[DeploymentCandidates], narrow: set[int], fractional: list[int], budget: float
+) -> list[int]:
+    """Return ``narrow`` plus, in greedy's order, as many ``fractional`` deployments as fit ``budget`` x columns."""
+    columns = sum(len(candidates[d].candidates) for d in narrow)
+    chosen = set(narrow)
+    extra = sorted(
+        (d for d in fractional if d not in chosen),
+        key=lambda d: (candidates[d].deployment.tier_rank, -candidates[d].deployment.gpus_per_replica, d),
+    )
+    for d in extra:
+        if columns + len(candidates[d].candidates) > budget:
+            break
+        chosen.add(d)
+        columns += len(candidates[d].candidates)
+    return sorted(chosen)
 
 
 def _short_deployments(candidates: list[DeploymentCandidates], plan: dict[PlacementKey, int]) -> set[int]:
