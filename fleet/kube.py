@@ -30,7 +30,7 @@ RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 
 
 class ClusterError(Exception):
-    """A failed call to a cluster's API; ``retryable`` says whether trying again may succeed."""
+    """A failed call to a cluster's API; ``retryable`` is True when trying again may succeed."""
 
     def __init__(self, cluster: str, operation: str, message: str, *, retryable: bool, status: int | None = None):
         super().__init__(f"{operation} on cluster {cluster} failed: {message}")
@@ -69,7 +69,7 @@ class ObservedDeployment:
 
 @dataclass(frozen=True)
 class DesiredDeployment:
-    """What MCM wants one cluster to run for one MCM deployment."""
+    """The Deployment that MCM requests on one cluster for one MCM deployment."""
 
     name: str
     deployment_id: int

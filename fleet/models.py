@@ -166,6 +166,12 @@ class ClusterCapacity(models.Model):
     )
     hourly_price_per_gpu = models.DecimalField(max_digits=10, decimal_places=4, help_text="USD per GPU-hour.")
     pricing_model = models.CharField(max_length=16, choices=PricingModel.choices, default=PricingModel.ON_DEMAND)
+    avoid_until = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="The scheduler treats these GPUs as full until then, because replicas placed here did not "
+        "become ready in time.",
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = InventoryQuerySet.as_manager()

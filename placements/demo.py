@@ -80,7 +80,6 @@ BUILT_IN_CITIES = [
     City("Cairo", "EG", 30.04, 31.24, 21_000_000),
 ]
 
-TIER_MIX = [Tier.CRITICAL, Tier.PREMIUM, Tier.PREMIUM, Tier.STANDARD, Tier.STANDARD, Tier.STANDARD, Tier.BEST_EFFORT]
 EU_COUNTRIES = {"AT", "BE", "DE", "DK", "ES", "FI", "FR", "IE", "IT", "NL", "PL", "SE", "PT", "CZ", "NO"}
 
 
@@ -163,7 +162,7 @@ def seed_demo(*, count: int = 240, seed: int = 7, target_utilisation: float = 0.
         )
         customers[spec.name] = (customer, spec)
 
-    # Replica counts: the mean deployment asks for budget / count GPUs of its SKU.
+    # Replica counts: the mean deployment requests budget / count GPUs of its SKU.
     budget = sum(free.values()) * target_utilisation
     sku_weights = [free[name] for name in sku_names]
     created = 0

@@ -74,12 +74,12 @@ def stop_emulated_fleet(emulated: list[EmulatedCluster]) -> None:
 
 
 def collect_all() -> int:
-    """Collect telemetry from every registered cluster; return how many answered."""
-    answered = 0
+    """Collect telemetry from every registered cluster; return the number read successfully."""
+    read_ok = 0
     for cluster_id in executable_clusters().values_list("pk", flat=True):
         snapshot = collect_cluster(cluster_id)
-        answered += snapshot.ok
-    return answered
+        read_ok += snapshot.ok
+    return read_ok
 
 
 @dataclass
@@ -123,8 +123,8 @@ def measure(plan: PlacementPlan) -> Convergence:
 def run_loop(plan: PlacementPlan, *, timeout_s: float, progress: Callable[[str], None]) -> Convergence:
     """Execute ``plan`` and reconcile until observed equals desired everywhere, or ``timeout_s``."""
     started = time.monotonic()
-    answered = collect_all()
-    progress(f"  telemetry: {answered} clusters answered")
+    read_ok = collect_all()
+    progress(f"  telemetry: {read_ok} clusters read")
     report = execute_plan(plan.pk)
     progress(f"  execution pass: {report.as_dict()}")
     rounds = 0

@@ -85,10 +85,15 @@ def region_key(provider: str, code: str) -> str:
 
 def load_clusters(exclusions: Exclusions) -> list[ClusterInput]:
     clusters = Cluster.objects.select_related("region__provider").prefetch_related("capacities__sku")
+    now = timezone.now()
     result = []
     for cluster in clusters:
         region = cluster.region
-        free = {capacity.sku.name: capacity.free_gpus for capacity in cluster.capacities.all()}
+        # Capacity where replicas recently failed to become ready counts as full until avoid_until.
+        free = {
+            capacity.sku.name: 0 if capacity.avoid_until and capacity.avoid_until > now else capacity.free_gpus
+            for capacity in cluster.capacities.all()
+        }
         prices = {capacity.sku.name: float(capacity.hourly_price_per_gpu) for capacity in cluster.capacities.all()}
         result.append(
             ClusterInput(

@@ -20,14 +20,15 @@ calling thread, written to all clusters concurrently, then recorded on the calli
 
 import logging
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from compliance.services import record_event
 from fleet.kube import ClusterError, ObservedDeployment
-from fleet.models import Cluster
+from fleet.models import Cluster, ClusterCapacity
 from fleet.skus import gpu_product_for_sku
 from placements.execution import (
     ClusterWrite,
@@ -111,7 +112,7 @@ def reconcile(now: datetime | None = None) -> ReconcileReport:
         timed_out = fail_timed_out_steps(plan, now)
         report.steps_timed_out = len(timed_out)
         if timed_out:
-            report.replan_requested_for = request_replan(plan, timed_out)
+            report.replan_requested_for = request_replan(plan, timed_out, now)
     logger.info("reconciliation: %s", report.as_dict())
     return report
 
@@ -336,15 +337,20 @@ def record_drift(
     )
 
 
-def request_replan(plan: PlacementPlan, timed_out: list[ExecutionStep]) -> list[str]:
-    """Audit each cluster that did not converge in time, and enqueue one re-plan after commit.
+def request_replan(plan: PlacementPlan, timed_out: list[ExecutionStep], now: datetime) -> list[str]:
+    """Audit each cluster that did not converge in time, and enqueue one re-plan around it after commit.
 
-    The cluster's state is not changed: taking a cluster out of service is the health model's
-    decision. TODO: until that model marks non-converging clusters down, the new plan avoids such
-    a cluster only if telemetry has lowered its capacity, so it may place replicas there again.
+    The SKUs of the timed-out steps are avoided on their clusters for ``MCM_NOT_CONVERGED_AVOID_S``
+    (``ClusterCapacity.avoid_until``), so the re-plan places those replicas elsewhere. The cluster's
+    state is not changed: taking a cluster out of service is the health model's decision.
     """
     clusters = {step.cluster.pk: step.cluster for step in timed_out}
+    avoid_until = now + timedelta(seconds=settings.MCM_NOT_CONVERGED_AVOID_S)
     with transaction.atomic():
+        for step in timed_out:
+            ClusterCapacity.objects.filter(cluster_id=step.cluster_id, sku_id=step.sku_id).update(
+                avoid_until=avoid_until
+            )
         for cluster in clusters.values():
             step_ids = [step.pk for step in timed_out if step.cluster_id == cluster.pk]
             record_event(
@@ -352,7 +358,7 @@ def request_replan(plan: PlacementPlan, timed_out: list[ExecutionStep]) -> list[
                 action="cluster.not_converged",
                 subject=cluster,
                 reason=f"steps of plan v{plan.version} did not converge in time; re-plan requested",
-                after={"plan_version": plan.version, "steps": step_ids},
+                after={"plan_version": plan.version, "steps": step_ids, "avoid_until": avoid_until.isoformat()},
             )
         transaction.on_commit(enqueue_replan)
     names = sorted(cluster.name for cluster in clusters.values())

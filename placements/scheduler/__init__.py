@@ -7,6 +7,7 @@ better of the two valid plans, and explains the kept plan. The package never imp
 import logging
 import time
 
+import pulp
 from highspy.highs import HighsError
 
 from .candidates import build_candidates
@@ -53,7 +54,7 @@ def solve(problem: ProblemInput, options: SchedulerOptions | None = None) -> Pla
             outcome = solve_milp(
                 problem, table, candidates, options, greedy={} if greedy_violations else greedy, deadline=deadline
             )
-        except HighsError:
+        except (HighsError, pulp.PulpError):
             logger.exception("MILP solve failed; keeping the greedy plan")
             outcome = None
         if outcome is not None:

@@ -343,9 +343,9 @@ def build_candidates(
             filtered[signature] = feasible_pairs(deployment, table)
         feasible = filtered[signature]
         rejections = list(feasible.rejections)
-        pairs = cost_pairs(deployment, feasible, table)
+        pairs = one_sku_per_cluster(deployment, cost_pairs(deployment, feasible, table))
         kept_positions = prune_pairs(deployment, pairs, running[deployment.id], options.max_candidates, table)
-        kept = one_sku_per_cluster(deployment, [pairs.candidate(position) for position in kept_positions])
+        kept = [pairs.candidate(position) for position in kept_positions]
         if len(kept) < len(pairs.clusters):
             mask = np.zeros(len(table.clusters), dtype=bool)
             mask[pairs.clusters] = True
@@ -356,25 +356,42 @@ def build_candidates(
     return table, result
 
 
-def one_sku_per_cluster(deployment: DeploymentInput, candidates: list[Candidate]) -> list[Candidate]:
+def one_sku_per_cluster(deployment: DeploymentInput, pairs: PairCosts) -> PairCosts:
     """Keep one SKU per cluster: the cheapest with room for the most replicas one cluster may hold.
 
     A deployment is one Kubernetes Deployment per cluster, with one GPU node selector, so its
     replicas in one cluster must all use the same SKU. The rule keeps the cheapest SKU with room
     for all but one of the deployment's replicas (the spread rule's maximum), or failing that the
-    SKU with the most room. It does not look at where the deployment runs now, so re-planning an
-    unchanged input keeps the same candidates.
+    SKU with the most room. It runs before pruning and does not look at where the deployment runs
+    now, so re-planning an unchanged input keeps the same candidates.
     NOTE: a plan may switch a deployment's SKU within a cluster when capacity changes; the pods are
     then replaced in place, without make-before-break inside that cluster.
     """
     gpus = deployment.gpus_per_replica
     wanted = max(deployment.replicas - 1, 1)
-    by_cluster: dict[int, list[Candidate]] = defaultdict(list)
-    for candidate in candidates:  # cheapest first
-        by_cluster[candidate.cluster].append(candidate)
-    chosen = set()
-    for options in by_cluster.values():
-        roomy = [option for option in options if option.free_gpus // gpus >= wanted]
-        best = (roomy or [max(options, key=lambda option: option.free_gpus // gpus)])[0]
-        chosen.add(id(best))
-    return [candidate for candidate in candidates if id(candidate) in chosen]
+    best: dict[int, int] = {}  # cluster index -> position of its kept pair
+    for position in range(len(pairs.clusters)):  # cheapest first
+        cluster = int(pairs.clusters[position])
+        room = int(pairs.free_gpus[position]) // gpus
+        if cluster not in best:
+            best[cluster] = position
+            continue
+        kept_room = int(pairs.free_gpus[best[cluster]]) // gpus
+        if kept_room < wanted and room > kept_room:
+            best[cluster] = position
+    keep = np.array(sorted(best.values()), dtype=np.int64)
+    if len(keep) == len(pairs.clusters):
+        return pairs
+    return PairCosts(
+        clusters=pairs.clusters[keep],
+        sku_numbers=pairs.sku_numbers[keep],
+        sku_names=pairs.sku_names,
+        free_gpus=pairs.free_gpus[keep],
+        rtt_ms=pairs.rtt_ms[keep],
+        latency=pairs.latency[keep],
+        preference=pairs.preference[keep],
+        price=pairs.price[keep],
+        price_per_gpu_hour=pairs.price_per_gpu_hour[keep],
+        ranks=pairs.ranks[keep],
+        cluster_ids=pairs.cluster_ids,
+    )

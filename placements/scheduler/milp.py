@@ -47,7 +47,7 @@ class MilpOutcome:
     assignments: dict[PlacementKey, int] | None  # None when no stage produced an integer solution
     status: str
     bound: float | None
-    build_seconds: float
+    build_seconds: float  # building every stage's model and passing it to HiGHS
     solve_seconds: float  # time spent inside HiGHS, all stages
     variables: int
 
@@ -58,7 +58,8 @@ class _Stage:
     solution: list[float] | None  # column values, None when HiGHS returned none
     objective: float
     bound: float | None  # HiGHS's MIP dual bound, None for an LP
-    seconds: float
+    seconds: float  # time spent inside HiGHS
+    build_seconds: float = 0.0  # time PuLP spent passing the model to HiGHS
 
 
 def solve_milp(
@@ -91,6 +92,7 @@ def solve_milp(
     lp = _run(model, options, mip=False, time_limit=lp_limit)
     lp_bound = lp.objective if lp.status == "Optimal" else None
     lp_seconds = lp.seconds
+    build_seconds += lp.build_seconds
 
     start_plan, start_objective = greedy, evaluate(problem, greedy)[0]
     include = list(range(len(candidates)))
@@ -101,6 +103,7 @@ def solve_milp(
         fix_until = deadline - RELAX_AND_FIX_RESERVE * (deadline - time.perf_counter())
         settlement = _relax_and_fix(problem, table, candidates, options, values, fix_until)
         rounds, lp_seconds = settlement.rounds, lp_seconds + settlement.lp_seconds
+        build_seconds += settlement.build_seconds
         rounded = _round_and_repair(problem, table, candidates, values, settlement.plan, settlement.unsettled)
         rounded_objective = evaluate(problem, rounded)[0]
         if rounded_objective < start_objective:
@@ -128,6 +131,7 @@ def solve_milp(
     start = start_values(milp_model, problem, table, candidates, start_plan)
     build_seconds += time.perf_counter() - stage_started
     milp = _run(milp_model, options, mip=True, time_limit=deadline - time.perf_counter(), start=start)
+    build_seconds += milp.build_seconds
     logger.info(
         "HiGHS MILP stage stopped with status %s after %.1f s (%d variables, objective %s, bound %s)",
         milp.status,
@@ -165,14 +169,23 @@ class _Settlement:
     contested: list[int]  # deployment indices that the first LP solution did not settle
     rounds: int  # LP re-solves
     lp_seconds: float  # time spent inside HiGHS
+    build_seconds: float = 0.0  # time spent building the re-solved models and passing them to HiGHS
 
 
 def _run(model: Model, options: SchedulerOptions, mip: bool, time_limit: float, start=None) -> _Stage:
-    """Solve ``model`` with HiGHS within ``time_limit`` seconds; a stage with no time is skipped."""
+    """Solve ``model`` with HiGHS within ``time_limit`` seconds, counting the handover to HiGHS.
+
+    A stage with less than ``MIN_STAGE_SECONDS`` left, before or after the handover, is skipped.
+    """
     if time_limit < MIN_STAGE_SECONDS or model.columns == 0:
         return _Stage("Not run: no time left" if model.columns else "Not run: empty model", None, math.inf, None, 0.0)
-    started = time.perf_counter()
+    handover_started = time.perf_counter()
     highs = to_highs(model, options, mip=mip)
+    started = time.perf_counter()
+    handover = started - handover_started
+    time_limit -= handover
+    if time_limit < MIN_STAGE_SECONDS:
+        return _Stage("Not run: no time left", None, math.inf, None, 0.0, handover)
     highs.setOptionValue("time_limit", float(time_limit))
     if mip:
         highs.setOptionValue("mip_rel_gap", options.gap_target)
@@ -200,8 +213,9 @@ def _run(model: Model, options: SchedulerOptions, mip: bool, time_limit: float, 
             again = _run(model, options, mip, time_limit - seconds)
             if again.solution is not None:
                 again.seconds += seconds
+                again.build_seconds += handover
                 return again
-    return _Stage(highs.modelStatusToString(status), solution, objective, bound, seconds)
+    return _Stage(highs.modelStatusToString(status), solution, objective, bound, seconds, handover)
 
 
 _STOPPED_EARLY = (
@@ -264,9 +278,12 @@ def _relax_and_fix(
         if not left or not progress or result.rounds >= RELAX_AND_FIX_MAX_ROUNDS or time.perf_counter() >= until:
             break
         taken = {pair: capacity[pair] - gpus for pair, gpus in free.items() if gpus < capacity[pair]}
+        build_started = time.perf_counter()
         model = build_model(problem, table, candidates, spread=True, include=unsettled, taken_gpus=taken)
+        result.build_seconds += time.perf_counter() - build_started
         lp = _run(model, options, mip=False, time_limit=until - time.perf_counter())
         result.lp_seconds += lp.seconds
+        result.build_seconds += lp.build_seconds
         if lp.solution is None or lp.status != "Optimal":
             break
         values.update(placement_values(model, candidates, lp.solution))

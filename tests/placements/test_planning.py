@@ -133,3 +133,23 @@ def test_plan_command_rejects_without_outside_dry_run(acme_chat):
 def test_plan_command_rejects_malformed_without(acme_chat):
     with pytest.raises(CommandError, match="provider=NAME or region=CODE"):
         call_command("plan", "--dry-run", "--without", "aws")
+
+
+def test_plan_command_rejects_unknown_provider(acme_chat):
+    with pytest.raises(CommandError, match="provider 'nosuch' not found"):
+        call_command("plan", "--dry-run", "--without", "provider=nosuch")
+
+    assert PlacementPlan.objects.count() == 0
+
+
+def test_plan_command_rejects_unknown_region(acme_chat):
+    with pytest.raises(CommandError, match="region 'xx-nowhere-9' not found"):
+        call_command("plan", "--dry-run", "--without", "region=xx-nowhere-9")
+
+    assert PlacementPlan.objects.count() == 0
+
+
+def test_plan_command_accepts_provider_and_code_region(acme_chat, capsys):
+    call_command("plan", "--dry-run", "--without", "region=aws/us-east-1", "--time-limit", "10")
+
+    assert "treated as down" in capsys.readouterr().out

@@ -7,9 +7,11 @@ import pytest
 from django.utils import timezone
 
 from compliance.models import AuditEvent
+from fleet.models import ClusterCapacity
 from placements import reconcile as reconcile_module
 from placements.execution import execute_plan
 from placements.models import DriftRecord, ExecutionStep, StepStatus
+from placements.planning import build_problem
 from placements.reconcile import reconcile
 from tests.placements.execution_factories import H100_LABEL, apply_plan, poll, start_site
 
@@ -165,6 +167,20 @@ def test_timed_out_step_fails_and_requests_replan(
     assert AuditEvent.objects.get(action="cluster.not_converged").subject_id == str(sites.west.cluster.pk)
     assert replans == [True]
     assert sites.west.cluster.state == "active"
+
+
+def test_replan_avoids_cluster_that_did_not_converge(settings, sites, acme_chat, replans):
+    plan = apply_plan([(acme_chat, sites.west.cluster, 2)])
+    sites.west.emulated.set_never_ready(True)
+    reconcile()
+    later = timezone.now() + timedelta(seconds=settings.MCM_EXECUTION_TIMEOUT_S + 1)
+
+    reconcile(now=later)
+
+    capacity = ClusterCapacity.objects.get(cluster=sites.west.cluster, sku=step_on(plan, sites.west).sku)
+    assert capacity.avoid_until == later + timedelta(seconds=settings.MCM_NOT_CONVERGED_AVOID_S)
+    west = next(cluster for cluster in build_problem().clusters if cluster.id == sites.west.cluster.pk)
+    assert west.free_gpus[capacity.sku.name] == 0
 
 
 def test_unreachable_cluster_is_reported(sites):

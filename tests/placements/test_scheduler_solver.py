@@ -2,9 +2,15 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
+import highspy
+import pulp
+
 from placements.scheduler import check_plan, solve
+from placements.scheduler.candidates import build_candidates
+from placements.scheduler.model import build_model, to_highs
 from placements.scheduler.problem import ProblemInput, SchedulerOptions
 from tests.placements.scheduler_factories import cluster, deployment
 
@@ -65,3 +71,50 @@ def test_solve_writes_nothing_to_stdout_without_solver_log():
     )
     assert completed.stdout == ""
     assert "HiGHS" not in completed.stderr
+
+
+def test_pulp_model_columns_match_highs():
+    problem = crowded_fleet(60, 8)
+    problem.deployments[0] = replace(problem.deployments[0], replicas=4, min_providers=2, min_regions=2)
+    options = SchedulerOptions()
+    table, candidates = build_candidates(problem, options)
+    running = candidates[0].candidates[0]
+    problem.current[problem.deployments[0].id, table.clusters[running.cluster].id, running.sku] = 2
+    model = build_model(problem, table, candidates, spread=True)
+    highs = to_highs(model, options, mip=True)
+    lp = highs.getLp()
+
+    assert isinstance(model.problem, pulp.LpProblem)
+    assert model.problem.numConstraints() == highs.getNumRow()
+    assert model.groups
+    assert model.used
+    assert model.churn
+    assert highs.getNumCol() == model.columns
+    assert list(lp.col_cost_) == model.cost
+    assert list(lp.col_upper_) == [variable.upBound for variable in model.variables]
+    assert highs.getObjectiveOffset()[1] == model.offset
+    integer = [kind == highspy.HighsVarType.kInteger for kind in lp.integrality_]
+    assert integer == [variable.cat == pulp.LpInteger for variable in model.variables]
+
+
+def test_pulp_model_without_spread_rows_has_fewer_rows():
+    problem = crowded_fleet(60, 8)
+    options = SchedulerOptions()
+    table, candidates = build_candidates(problem, options)
+    with_spread = build_model(problem, table, candidates, spread=True)
+    without_spread = build_model(problem, table, candidates, spread=False)
+
+    assert without_spread.problem.numConstraints() < with_spread.problem.numConstraints()
+    assert to_highs(without_spread, options, mip=False).getLp().integrality_ == []
+
+
+def test_pulp_error_falls_back_to_greedy(monkeypatch):
+    def reject(*_args, **_kwargs):
+        raise pulp.PulpError("Invalid coefficient value")
+
+    monkeypatch.setattr("placements.scheduler.milp.to_highs", reject)
+    problem = crowded_fleet(40, 6)
+    result = solve(problem, SchedulerOptions(time_limit_s=10))
+
+    assert result.solver == "greedy"
+    assert check_plan(problem, result.assignments) == []

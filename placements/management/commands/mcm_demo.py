@@ -191,11 +191,11 @@ class Command(BaseCommand):
             self.stdout.write(f"    rejected {count}: {reason}")
 
     def print_example(self, plan) -> None:
-        outcome = (
-            DeploymentOutcome.objects.filter(plan=plan, placed_replicas__gt=0, deployment__locks__isnull=False)
-            .select_related("deployment__customer")
-            .first()
+        placed = DeploymentOutcome.objects.filter(plan=plan, placed_replicas__gt=0).select_related(
+            "deployment__customer"
         )
+        # A deployment with a lock of its own makes the more telling example.
+        outcome = placed.filter(deployment__locks__isnull=False).first() or placed.first()
         if outcome is None:
             return
         self.stdout.write(f"\nWhy {outcome.deployment} runs where it does:")

@@ -1,5 +1,6 @@
 from django.core.management.base import BaseCommand, CommandError
 
+from fleet.models import Provider, Region
 from placements.models import PlanTrigger
 from placements.planning import Exclusions, current_plan, default_options, diff_plans, run_plan
 from placements.report import format_plan
@@ -11,8 +12,21 @@ def parse_exclusions(values: list[str]) -> Exclusions:
         kind, _, name = value.partition("=")
         if not name or kind not in ("provider", "region"):
             raise CommandError(f"--without {value!r} is invalid: use provider=NAME or region=CODE")
+        if kind == "provider" and not Provider.objects.filter(name=name).exists():
+            raise CommandError(f"--without {value!r} is invalid: provider {name!r} not found")
+        if kind == "region" and not region_exists(name):
+            raise CommandError(
+                f"--without {value!r} is invalid: region {name!r} not found (use a region code or provider/code)"
+            )
         (providers if kind == "provider" else regions).add(name)
     return Exclusions(providers=frozenset(providers), regions=frozenset(regions))
+
+
+def region_exists(name: str) -> bool:
+    provider, _, code = name.partition("/")
+    if code:
+        return Region.objects.filter(provider__name=provider, code=code).exists()
+    return Region.objects.filter(code=name).exists()
 
 
 class Command(BaseCommand):
