@@ -16,12 +16,14 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce, Greatest
 from django.utils import timezone
 from kombu.exceptions import KombuError
 
+from compliance.services import record_event
 from fleet.models import CatalogOffer, Cluster, ClusterCapacity, ClusterEvent, EventKind, GpuSku
 
 logger = logging.getLogger(__name__)
@@ -454,7 +456,8 @@ def enqueue_apply(cluster_id: int) -> None:
 def apply_events(cluster_id: int) -> int:
     """Apply the cluster's stored events in sequence order from ``last_applied_sequence + 1``.
 
-    Stops at the first missing sequence number; the events after it wait until it arrives.
+    Stops at the first missing sequence number; the events after it wait until it arrives, or
+    until they have waited ``MCM_EVENT_GAP_TIMEOUT_S``, when the gap is skipped and audited.
     Returns how many events this call applied. Safe to run concurrently: each chunk is claimed
     by a compare-and-set on ``last_applied_sequence``, so two appliers never apply an event twice.
     """
@@ -483,9 +486,7 @@ def _apply_next_chunk(cluster_id: int) -> int | None:
         run = [event for offset, event in enumerate(events) if event.sequence == start + 1 + offset]
         if not run:
             if events:
-                # TODO: a gap that never fills (an event rejected or lost for good) stalls this cluster's
-                # capacity updates. Skip it after a time-out once the admin shows stalled clusters.
-                logger.info("cluster %s waits for event sequence %s", cluster_id, start + 1)
+                return _skip_stale_gap(cluster_id, start, events[0])
             return None
 
         newest = min(max(event.occurred_at for event in run), timezone.now())
@@ -502,6 +503,36 @@ def _apply_next_chunk(cluster_id: int) -> int | None:
             _apply_capacity(cluster_id, capacity_events)
         ClusterEvent.objects.filter(pk__in=[event.pk for event in run]).update(applied_at=timezone.now())
     return len(run)
+
+
+def _skip_stale_gap(cluster_id: int, start: int, waiting: ClusterEvent) -> int | None:
+    """Skip missing sequence numbers once the event after them has waited ``MCM_EVENT_GAP_TIMEOUT_S``.
+
+    A gap that never fills (an event rejected for good, or lost by the agent) would otherwise stop
+    the cluster's capacity updates forever. Returns 0 when the gap was skipped, None to keep waiting.
+    Runs inside the caller's transaction.
+    """
+    waited = (timezone.now() - waiting.received_at).total_seconds()
+    if waited < settings.MCM_EVENT_GAP_TIMEOUT_S:
+        logger.info("cluster %s waits for event sequence %s", cluster_id, start + 1)
+        return None
+    skipped = Cluster.objects.filter(pk=cluster_id, last_applied_sequence=start).update(
+        last_applied_sequence=waiting.sequence - 1
+    )
+    if skipped != 1:
+        return 0
+    missing = [start + 1, waiting.sequence - 1]
+    logger.warning(
+        "cluster %s: event sequences %s to %s missing for %.0f s; skipped", cluster_id, missing[0], missing[1], waited
+    )
+    record_event(
+        actor="event applier",
+        action="events.gap_skipped",
+        subject=("fleet.cluster", cluster_id),
+        reason=f"sequences {missing[0]}-{missing[1]} missing for {waited:.0f} s",
+        after={"first_missing": missing[0], "last_missing": missing[1]},
+    )
+    return 0
 
 
 def _apply_capacity(cluster_id: int, events: list[ClusterEvent]) -> None:

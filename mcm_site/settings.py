@@ -207,5 +207,7 @@ MCM_EXECUTION_MAX_ATTEMPTS = int(os.environ.get("MCM_EXECUTION_MAX_ATTEMPTS", "5
 MCM_EXECUTION_POLL_S = float(os.environ.get("MCM_EXECUTION_POLL_S", "2"))
 # Seconds a step may stay pending before the reconciler marks it failed and requests a re-plan.
 MCM_EXECUTION_TIMEOUT_S = float(os.environ.get("MCM_EXECUTION_TIMEOUT_S", "600"))
+# Seconds a pushed event waits for a missing earlier sequence number before the gap is skipped.
+MCM_EVENT_GAP_TIMEOUT_S = float(os.environ.get("MCM_EVENT_GAP_TIMEOUT_S", "300"))
 # Seconds the scheduler treats a cluster's SKU as full after replicas there did not become ready in time.
 MCM_NOT_CONVERGED_AVOID_S = float(os.environ.get("MCM_NOT_CONVERGED_AVOID_S", "900"))

@@ -9,6 +9,7 @@ from django.db import connection
 from django.utils import timezone
 from kombu.exceptions import OperationalError
 
+from compliance.models import AuditEvent
 from fleet.events import apply_events, ingest_events
 from fleet.models import CatalogOffer, Cluster, ClusterCapacity, ClusterEvent
 from fleet.tasks import apply_cluster_events, apply_pending_events
@@ -130,6 +131,35 @@ def test_gap_stops_application(fleet):
     assert state["last_applied_sequence"] == 1
     assert state["capacity"] == [("H100", 16, 12, 2), ("L4", 8, 8, 0)]
     assert state["unapplied"] == [3]
+
+
+@pytest.mark.django_db
+def test_stale_gap_is_skipped_and_audited(fleet, settings):
+    settings.MCM_EVENT_GAP_TIMEOUT_S = 60
+    first, _, third = three_events()
+    ingest(first, third)
+    ClusterEvent.objects.filter(sequence=3).update(received_at=timezone.now() - timedelta(seconds=61))
+
+    applied = apply_events(cluster_id())
+
+    state = cluster_state()
+    assert applied == 2
+    assert state["last_applied_sequence"] == 3
+    assert state["unapplied"] == []
+    event = AuditEvent.objects.get(action="events.gap_skipped")
+    assert event.after == {"first_missing": 2, "last_missing": 2}
+
+
+@pytest.mark.django_db
+def test_recent_gap_still_waits(fleet, settings):
+    settings.MCM_EVENT_GAP_TIMEOUT_S = 60
+    first, _, third = three_events()
+    ingest(first, third)
+
+    apply_events(cluster_id())
+
+    assert cluster_state()["last_applied_sequence"] == 1
+    assert not AuditEvent.objects.filter(action="events.gap_skipped").exists()
 
 
 @pytest.mark.django_db
