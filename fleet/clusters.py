@@ -6,6 +6,7 @@ audit event records only what kind of credentials were given.
 
 import logging
 import threading
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured, ValidationError
@@ -30,7 +31,8 @@ def register_cluster(*, actor, cluster: Cluster, api_endpoint: str, credentials:
     """
     try:
         URLValidator(schemes=["http", "https"])(api_endpoint)
-    except ValidationError:
+        _port = urlsplit(api_endpoint).port  # raises ValueError for a port outside 0-65535
+    except (ValidationError, ValueError):
         raise ValidationError({"api_endpoint": f"must be an http or https URL, got {api_endpoint!r}"}) from None
     validated = validate_credentials(credentials)
     encrypted = encrypt_credentials(validated)

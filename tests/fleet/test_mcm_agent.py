@@ -257,3 +257,15 @@ def test_push_succeeds_with_broker_down(run_agent, broker_down):
 
     assert "2 accepted" in output
     assert [event.applied_at for event in stored_events()] == [None, None]
+
+
+def test_invalid_hub_url_is_refused(run_agent, own_broker):
+    with pytest.raises(CommandError, match="--hub 'not a url' is invalid"):
+        run_agent(hub="not a url")
+
+    assert stored_events() == []
+
+
+def test_rejected_events_fail_a_single_run(run_agent, own_broker):
+    with pytest.raises(CommandError, match="The hub rejected 2 events"):
+        run_agent(cluster="no-such-cluster")

@@ -87,3 +87,16 @@ def test_invalid_endpoint_names_field(fleet, tmp_path):
 def test_unknown_cluster_rejected(db):
     with pytest.raises(CommandError, match="cluster 'nope' not found"):
         call_command("register_cluster", "nope", "--endpoint", "http://127.0.0.1:9", "--token-env", "X")
+
+
+def test_endpoint_port_out_of_range_rejected(fleet, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+
+    with pytest.raises(CommandError, match="api_endpoint: must be an http or https URL"):
+        call_command(
+            "register_cluster", "aws-use1-a", "--endpoint", "http://127.0.0.1:99999", "--token-file", str(token_file)
+        )
+
+    fleet.clusters["aws-use1-a"].refresh_from_db()
+    assert fleet.clusters["aws-use1-a"].api_endpoint == ""

@@ -18,6 +18,7 @@ import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
@@ -101,6 +102,7 @@ def build_events(cluster: str, adapter: ClusterAdapter) -> list[dict[str, Any]]:
     try:
         nodes = adapter.list_gpu_nodes()
     except ClusterError as error:
+        logger.warning("reading cluster %s failed, pushing a failing health event: %s", cluster, error)
         return [_event(cluster, "health", now, {"status": "failing", "message": str(error)})]
 
     gpus: dict[str, dict[str, int]] = {}
@@ -215,6 +217,11 @@ class Command(BaseCommand):
         cluster = options["cluster"]
         if options["max_attempts"] < 1:
             raise CommandError("--max-attempts must be at least 1.")
+        hub_url = urlsplit(options["hub"])
+        if hub_url.scheme not in ("http", "https") or not hub_url.hostname:
+            raise CommandError(
+                f"--hub {options['hub']!r} is invalid: use an http or https URL such as http://127.0.0.1:8000"
+            )
         hub = HubClient(
             options["hub"],
             read_hub_token(options["token_file"]),
@@ -235,24 +242,31 @@ class Command(BaseCommand):
     def run(self, cluster, adapter, hub, state, *, once: bool, interval_s: float) -> None:
         while True:
             try:
-                self.tick(cluster, adapter, hub, state)
+                rejected = self.tick(cluster, adapter, hub, state)
             except PushError as error:
                 if once:
                     raise CommandError(f"Push failed: {error}. The events stay in {state.path}.") from error
                 logger.error("push failed, the events stay pending for the next interval: %s", error)
+                rejected = 0
             if once:
+                if rejected:
+                    raise CommandError(f"The hub rejected {rejected} events; their errors are logged above.")
                 return
             time.sleep(interval_s)
 
-    def tick(self, cluster: str, adapter: ClusterAdapter, hub: HubClient, state: AgentState) -> None:
-        """Re-send the events left from an earlier failed push, then read the cluster and push new ones."""
+    def tick(self, cluster: str, adapter: ClusterAdapter, hub: HubClient, state: AgentState) -> int:
+        """Re-send the events left from an earlier failed push, then read the cluster and push new ones.
+
+        Returns the number of events the hub rejected.
+        """
+        rejected = 0
         if state.pending:
-            self.push(hub, state)
+            rejected += self.push(hub, state)
         state.number(build_events(cluster, adapter))
         state.save()  # before the push, so a crash after it re-sends these ids instead of reusing the numbers
-        self.push(hub, state)
+        return rejected + self.push(hub, state)
 
-    def push(self, hub: HubClient, state: AgentState) -> None:
+    def push(self, hub: HubClient, state: AgentState) -> int:
         reply = hub.push(state.pending)
         sequences = [event["sequence"] for event in state.pending]
         self.stdout.write(
@@ -262,12 +276,14 @@ class Command(BaseCommand):
         for result in reply.get("results", []):
             if result.get("status") == "rejected":
                 event = state.pending[result["index"]]
-                # The hub applies events in sequence order, so a rejected event stops them at this number.
+                # The hub applies events in sequence order, so a rejected event holds the later ones back
+                # until the hub skips the gap after MCM_EVENT_GAP_TIMEOUT_S.
                 logger.error(
                     "hub rejected event %s (sequence %s): %s", event["event_id"], event["sequence"], result["errors"]
                 )
         state.pending = []
         state.save()
+        return int(reply.get("rejected") or 0)
 
 
 def read_hub_token(token_file: str | None) -> str:

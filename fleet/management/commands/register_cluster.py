@@ -63,7 +63,8 @@ class Command(BaseCommand):
                 actor="register_cluster command", cluster=target, api_endpoint=endpoint, credentials=credentials
             )
         except ValidationError as error:
-            raise CommandError(f"cluster {cluster} not registered: {error.message_dict}") from None
+            problems = "; ".join(f"{field}: {' '.join(messages)}" for field, messages in error.message_dict.items())
+            raise CommandError(f"cluster {cluster} not registered: {problems}") from None
         self.stdout.write(f"Registered {endpoint} for cluster {cluster}; credentials stored encrypted.")
 
 
