@@ -9,7 +9,7 @@ from placements.models import Customer, Deployment
 
 
 class PlacementLock(models.Model):
-    """Where a customer's or one deployment's replicas may run, and why.
+    """A rule on where a customer's or one deployment's replicas may run, with its reason.
 
     Every non-empty part restricts: a cluster is allowed only when it passes all of them. A lock on
     a customer applies to each of its deployments, together with the deployment's own lock.

@@ -20,7 +20,7 @@ def cipher() -> MultiFernet:
     try:
         return MultiFernet([Fernet(key) for key in keys])
     except ValueError as error:
-        raise ImproperlyConfigured(f"MCM_CREDENTIALS_KEYS holds an invalid Fernet key: {error}") from None
+        raise ImproperlyConfigured(f"MCM_CREDENTIALS_KEYS contains an invalid Fernet key: {error}") from None
 
 
 def validate_credentials(data: dict) -> Credentials:

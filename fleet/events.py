@@ -411,7 +411,7 @@ def _raise_heartbeats(rows: list[_Row]) -> None:
 
 
 class _EnqueueFailures:
-    """Counts failed enqueues and logs them at most once a minute, so a broker outage does not flood logs."""
+    """Counter of failed enqueues, logged at most once a minute so that a broker outage does not flood the logs."""
 
     interval_s = 60.0
 
@@ -456,8 +456,8 @@ def enqueue_apply(cluster_id: int) -> None:
 def apply_events(cluster_id: int) -> int:
     """Apply the cluster's stored events in sequence order from ``last_applied_sequence + 1``.
 
-    Stops at the first missing sequence number; the events after it wait until it arrives, or
-    until they have waited ``MCM_EVENT_GAP_TIMEOUT_S``, when the gap is skipped and audited.
+    Stops at the first missing sequence number, and the events after it wait until it arrives.
+    After they have waited ``MCM_EVENT_GAP_TIMEOUT_S`` the gap is skipped and audited.
     Returns how many events this call applied. Safe to run concurrently: each chunk is claimed
     by a compare-and-set on ``last_applied_sequence``, so two appliers never apply an event twice.
     """

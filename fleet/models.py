@@ -32,7 +32,7 @@ class Provider(models.Model):
 
 
 class LocationSource(models.TextChoices):
-    """How a region's coordinates were found, so approximations are never passed off as exact."""
+    """Source of a region's coordinates, so that an approximation is never passed off as exact."""
 
     REGION_TABLE = "region_table", "Region table"
     CITY_MATCH = "city_match", "City match"
@@ -213,7 +213,7 @@ class ClusterCapacity(models.Model):
 class CatalogOffer(models.Model):
     """One instance type a provider sells in a region, as read from a catalog file.
 
-    Offers say what a region sells and at what price; clusters and their GPU counts are derived
+    Offers list what a region sells and at what price; clusters and their GPU counts are derived
     from them by ``build_fleet``.
     """
 
@@ -252,7 +252,7 @@ class TelemetrySource(models.TextChoices):
 
 
 class TelemetrySnapshot(models.Model):
-    """What one cluster reported at one time: GPUs by SKU and MCM's Deployments' replicas."""
+    """A cluster's report at one time: GPUs by SKU and the replicas of MCM's Deployments."""
 
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="snapshots")
     taken_at = models.DateTimeField(auto_now_add=True)

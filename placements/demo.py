@@ -1,9 +1,9 @@
 """Demo customers and deployments whose users live in real cities.
 
-Deployments are generated from a seed so that a demo run is reproducible: SKUs are drawn in
-proportion to the fleet's GPUs of each SKU, replica counts are scaled so that the requested GPUs
-are about ``target_utilisation`` of the fleet's free GPUs, and each deployment's users live in one
-to three cities drawn in proportion to their metro population.
+Deployments are generated from a seed so that a demo run is reproducible. SKUs are drawn in
+proportion to the fleet's GPUs of each SKU. Replica counts are scaled so that the requested GPUs
+are about ``target_utilisation`` of the fleet's free GPUs. Each deployment's users live in one to
+three cities drawn in proportion to their metro population.
 """
 
 import csv

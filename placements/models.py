@@ -240,7 +240,7 @@ class Assignment(models.Model):
 
 
 class DeploymentOutcome(models.Model):
-    """What a plan decided for one deployment: replicas placed, replicas short, and why."""
+    """A plan's decision for one deployment: replicas placed, replicas short, and the reasons."""
 
     plan = models.ForeignKey(PlacementPlan, on_delete=models.CASCADE, related_name="outcomes")
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="outcomes")

@@ -245,7 +245,6 @@ def store_plan(
 ) -> PlacementPlan:
     """Insert the plan, its assignments and outcomes, and its audit event; the caller holds the lock."""
     version = (PlacementPlan.objects.aggregate(last=Max("version"))["last"] or 0) + 1
-    sku_ids = dict(GpuSku.objects.values_list("name", "pk"))
     summary = summarise(problem, result)
     plan = PlacementPlan.objects.create(
         version=version,
@@ -271,30 +270,8 @@ def store_plan(
         summary=summary,
         applied_at=timezone.now() if status == PlanStatus.APPLIED else None,
     )
-    Assignment.objects.bulk_create(
-        [
-            Assignment(plan=plan, deployment_id=deployment, cluster_id=cluster, sku_id=sku_ids[sku], replicas=replicas)
-            for (deployment, cluster, sku), replicas in result.assignments.items()
-            if replicas > 0
-        ],
-        batch_size=2000,
-    )
-    placed: dict[int, int] = defaultdict(int)
-    for (deployment, _cluster, _sku), replicas in result.assignments.items():
-        placed[deployment] += replicas
-    DeploymentOutcome.objects.bulk_create(
-        [
-            DeploymentOutcome(
-                plan=plan,
-                deployment_id=deployment.id,
-                placed_replicas=placed[deployment.id],
-                unmet_replicas=result.unmet.get(deployment.id, 0),
-                explanation=result.explanations.get(deployment.id, {}),
-            )
-            for deployment in problem.deployments
-        ],
-        batch_size=2000,
-    )
+    store_rows(plan, problem, result)
+
     action = "plan.applied" if status == PlanStatus.APPLIED else "plan.dry_run"
     record_event(
         actor=actor,
@@ -321,6 +298,35 @@ def store_plan(
         summary["unmet_replicas"],
     )
     return plan
+
+
+def store_rows(plan: PlacementPlan, problem: ProblemInput, result: PlanResult) -> None:
+    """Insert a plan's assignments and one outcome per deployment, in batches."""
+    sku_ids = dict(GpuSku.objects.values_list("name", "pk"))
+    Assignment.objects.bulk_create(
+        [
+            Assignment(plan=plan, deployment_id=deployment, cluster_id=cluster, sku_id=sku_ids[sku], replicas=replicas)
+            for (deployment, cluster, sku), replicas in result.assignments.items()
+            if replicas > 0
+        ],
+        batch_size=2000,
+    )
+    placed: dict[int, int] = defaultdict(int)
+    for (deployment, _cluster, _sku), replicas in result.assignments.items():
+        placed[deployment] += replicas
+    DeploymentOutcome.objects.bulk_create(
+        [
+            DeploymentOutcome(
+                plan=plan,
+                deployment_id=deployment.id,
+                placed_replicas=placed[deployment.id],
+                unmet_replicas=result.unmet.get(deployment.id, 0),
+                explanation=result.explanations.get(deployment.id, {}),
+            )
+            for deployment in problem.deployments
+        ],
+        batch_size=2000,
+    )
 
 
 def summarise(problem: ProblemInput, result: PlanResult) -> dict:

@@ -364,11 +364,11 @@ def one_sku_per_cluster(deployment: DeploymentInput, pairs: PairCosts) -> PairCo
     for all but one of the deployment's replicas (the spread rule's maximum), or failing that the
     SKU with the most room. It runs before pruning and does not look at where the deployment runs
     now, so re-planning an unchanged input keeps the same candidates.
-    NOTE: a plan may switch a deployment's SKU within a cluster when capacity changes; the pods are
+    NOTE: a plan may switch a deployment's SKU within a cluster when capacity changes. The pods are
     then replaced in place, without make-before-break inside that cluster.
     """
     gpus = deployment.gpus_per_replica
-    wanted = max(deployment.replicas - 1, 1)
+    max_per_cluster = max(deployment.replicas - 1, 1)
     best: dict[int, int] = {}  # cluster index -> position of its kept pair
     for position in range(len(pairs.clusters)):  # cheapest first
         cluster = int(pairs.clusters[position])
@@ -377,7 +377,7 @@ def one_sku_per_cluster(deployment: DeploymentInput, pairs: PairCosts) -> PairCo
             best[cluster] = position
             continue
         kept_room = int(pairs.free_gpus[best[cluster]]) // gpus
-        if kept_room < wanted and room > kept_room:
+        if kept_room < max_per_cluster and room > kept_room:
             best[cluster] = position
     keep = np.array(sorted(best.values()), dtype=np.int64)
     if len(keep) == len(pairs.clusters):

@@ -1,4 +1,4 @@
-"""Why each deployment runs where it runs, and why not elsewhere, as compact JSON-ready data.
+"""Explanations of each deployment's placement and of the clusters not used, as compact JSON-ready data.
 
 Format, per deployment id::
 

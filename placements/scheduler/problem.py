@@ -13,7 +13,7 @@ PlacementKey = tuple[int, int, str]
 
 @dataclass(frozen=True)
 class ClusterInput:
-    """A cluster as the scheduler sees it."""
+    """A cluster as the scheduler models it."""
 
     id: int
     name: str

@@ -37,7 +37,7 @@ BASE_DELAY_S = 0.5
 
 
 class PushError(Exception):
-    """A batch the hub did not store; ``retryable`` tells whether a later push may succeed."""
+    """A batch the hub did not store; ``retryable`` is True when a later push may succeed."""
 
     def __init__(self, message: str, *, retryable: bool):
         super().__init__(message)
@@ -276,7 +276,7 @@ class Command(BaseCommand):
         for result in reply.get("results", []):
             if result.get("status") == "rejected":
                 event = state.pending[result["index"]]
-                # The hub applies events in sequence order, so a rejected event holds the later ones back
+                # The hub applies events in sequence order, so a rejected event delays the later ones
                 # until the hub skips the gap after MCM_EVENT_GAP_TIMEOUT_S.
                 logger.error(
                     "hub rejected event %s (sequence %s): %s", event["event_id"], event["sequence"], result["errors"]
