@@ -2,6 +2,7 @@
 
 from django.db import models
 from django.db.models import F, Q
+from django.utils import timezone
 
 
 class InventoryQuerySet(models.QuerySet):
@@ -110,6 +111,19 @@ class ClusterState(models.TextChoices):
     DOWN = "down", "Down"
 
 
+class ClusterHealth(models.TextChoices):
+    """Health judged from heartbeats and API errors; see ``fleet.health``.
+
+    The operator's ``ClusterState`` says what MCM may do with a cluster; health says whether the
+    cluster answers. A suspect cluster keeps its replicas but gets no new ones; a down cluster's
+    replicas are placed elsewhere.
+    """
+
+    HEALTHY = "healthy", "Healthy"
+    SUSPECT = "suspect", "Suspect"
+    DOWN = "down", "Down"
+
+
 class Cluster(models.Model):
     """A Kubernetes cluster in one region: one separate pool of GPU capacity."""
 
@@ -130,6 +144,21 @@ class Cluster(models.Model):
     )
     last_applied_sequence = models.BigIntegerField(
         default=0, help_text="Pushed events up to this per-cluster sequence number have been applied."
+    )
+    health = models.CharField(max_length=16, choices=ClusterHealth.choices, default=ClusterHealth.HEALTHY)
+    health_reason = models.CharField(max_length=255, blank=True, help_text="Why the health last changed.")
+    health_changed_at = models.DateTimeField(null=True, blank=True)
+    healthy_since = models.DateTimeField(
+        null=True, blank=True, help_text="When the cluster became healthy again after being down; failback waits on it."
+    )
+    consecutive_failures = models.PositiveIntegerField(
+        default=0, help_text="Failed reads of the cluster's API since the last successful one."
+    )
+    consecutive_successes = models.PositiveIntegerField(
+        default=0, help_text="Successful reads since the last failed one; recovery needs several."
+    )
+    first_missed_heartbeat_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the current silence or run of API errors began; empty when healthy."
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -323,3 +352,115 @@ class ClusterEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.cluster.name} #{self.sequence} {self.kind}"
+
+
+class OutageScope(models.TextChoices):
+    CLUSTER = "cluster", "Cluster"
+    REGION = "region", "Region"
+    PROVIDER = "provider", "Provider"
+
+
+class OutageSource(models.TextChoices):
+    DECLARED = "declared", "Declared by staff"
+    DETECTED = "detected", "Detected from health"
+
+
+class Outage(models.Model):
+    """A cluster, region or provider out of service, declared by staff or detected from health.
+
+    While an outage is open, every cluster it covers counts as down for placement. A detected
+    region or provider outage records that every cluster there is down; it does not change the
+    clusters, and it closes by itself when one of them is healthy again.
+    """
+
+    scope = models.CharField(max_length=16, choices=OutageScope.choices)
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, null=True, blank=True, related_name="outages")
+    region = models.ForeignKey(Region, on_delete=models.CASCADE, null=True, blank=True, related_name="outages")
+    provider = models.ForeignKey(Provider, on_delete=models.CASCADE, null=True, blank=True, related_name="outages")
+    source = models.CharField(max_length=16, choices=OutageSource.choices)
+    reason = models.TextField()
+    declared_by = models.CharField(max_length=128, help_text="User name or system component.")
+    started_at = models.DateTimeField(default=timezone.now)
+    cleared_at = models.DateTimeField(null=True, blank=True)
+    cleared_by = models.CharField(max_length=128, blank=True)
+
+    class Meta:
+        ordering = ["-started_at"]
+        constraints = [
+            models.CheckConstraint(
+                condition=(
+                    Q(scope="cluster", cluster__isnull=False, region__isnull=True, provider__isnull=True)
+                    | Q(scope="region", cluster__isnull=True, region__isnull=False, provider__isnull=True)
+                    | Q(scope="provider", cluster__isnull=True, region__isnull=True, provider__isnull=False)
+                ),
+                name="outage_one_target",
+                violation_error_message="An outage covers exactly one cluster, region or provider, as its scope says.",
+            ),
+            models.CheckConstraint(
+                condition=~Q(reason=""),
+                name="outage_reason_required",
+                violation_error_message="An outage needs a reason.",
+            ),
+        ]
+        indexes = [models.Index(fields=["cleared_at"], name="outage_open_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.scope} outage of {self.target} ({'open' if self.cleared_at is None else 'cleared'})"
+
+    @property
+    def target(self) -> models.Model | None:
+        return {"cluster": self.cluster, "region": self.region, "provider": self.provider}.get(self.scope)
+
+    @property
+    def is_open(self) -> bool:
+        return self.cleared_at is None
+
+
+class HealthMonitor(models.Model):
+    """When the health evaluator last ran, so that time MCM itself was stopped is not blamed on clusters."""
+
+    name = models.CharField(max_length=32, unique=True, default="health")
+    last_run_at = models.DateTimeField(null=True, blank=True)
+    resumed_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="Last time the evaluator found it had not run for too long; heartbeat ages count from here.",
+    )
+
+    def __str__(self) -> str:
+        return f"health monitor (last run {self.last_run_at})"
+
+
+class AlertSeverity(models.TextChoices):
+    WARNING = "warning", "Warning"
+    CRITICAL = "critical", "Critical"
+
+
+class Alert(models.Model):
+    """A condition staff must look at: a cluster down, a failover blocked, an approval waiting.
+
+    At most one alert of a kind is open per subject; it closes when the condition ends.
+    """
+
+    kind = models.CharField(max_length=64, help_text="For example 'cluster.down' or 'failover.blocked'.")
+    severity = models.CharField(max_length=16, choices=AlertSeverity.choices)
+    subject_type = models.CharField(max_length=64)
+    subject_id = models.CharField(max_length=64)
+    subject_label = models.CharField(max_length=255)
+    message = models.TextField()
+    raised_at = models.DateTimeField(default=timezone.now)
+    resolved_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-raised_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["kind", "subject_type", "subject_id"],
+                condition=Q(resolved_at__isnull=True),
+                name="alert_one_open_per_subject",
+                violation_error_message="This subject already has an open alert of this kind.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} on {self.subject_label}"

@@ -211,3 +211,22 @@ MCM_EXECUTION_TIMEOUT_S = float(os.environ.get("MCM_EXECUTION_TIMEOUT_S", "600")
 MCM_EVENT_GAP_TIMEOUT_S = float(os.environ.get("MCM_EVENT_GAP_TIMEOUT_S", "300"))
 # Seconds the scheduler treats a cluster's SKU as full after replicas there did not become ready in time.
 MCM_NOT_CONVERGED_AVOID_S = float(os.environ.get("MCM_NOT_CONVERGED_AVOID_S", "900"))
+
+# Cluster health (fleet.health). A cluster is suspect after this many failed reads or this long
+# without a heartbeat, down after the larger thresholds, and healthy again only after this many
+# successful reads in a row (hysteresis). Ages count from the evaluator's own restart when MCM was stopped.
+MCM_HEARTBEAT_INTERVAL_S = float(os.environ.get("MCM_HEARTBEAT_INTERVAL_S", "10"))
+MCM_HEALTH_SUSPECT_AFTER_FAILURES = int(os.environ.get("MCM_HEALTH_SUSPECT_AFTER_FAILURES", "1"))
+MCM_HEALTH_DOWN_AFTER_FAILURES = int(os.environ.get("MCM_HEALTH_DOWN_AFTER_FAILURES", "3"))
+MCM_HEALTH_SUSPECT_AFTER_S = float(os.environ.get("MCM_HEALTH_SUSPECT_AFTER_S", "25"))
+MCM_HEALTH_DOWN_AFTER_S = float(os.environ.get("MCM_HEALTH_DOWN_AFTER_S", "45"))
+MCM_HEALTH_RECOVER_AFTER_SUCCESSES = int(os.environ.get("MCM_HEALTH_RECOVER_AFTER_SUCCESSES", "3"))
+# The evaluator counts itself stopped when it has not run for this long.
+MCM_HEALTH_MONITOR_GAP_S = float(os.environ.get("MCM_HEALTH_MONITOR_GAP_S", "30"))
+# Replicas return to a recovered cluster once it has been healthy for this long.
+MCM_FAILBACK_AFTER_S = float(os.environ.get("MCM_FAILBACK_AFTER_S", "600"))
+# A cluster that loses one deployment's replicas this many times within the window is charged
+# extra for that deployment for the cool-down.
+MCM_REPEATED_LOSS_COUNT = int(os.environ.get("MCM_REPEATED_LOSS_COUNT", "3"))
+MCM_REPEATED_LOSS_WINDOW_S = float(os.environ.get("MCM_REPEATED_LOSS_WINDOW_S", "3600"))
+MCM_REPEATED_LOSS_AVOID_S = float(os.environ.get("MCM_REPEATED_LOSS_AVOID_S", "3600"))

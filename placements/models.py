@@ -35,6 +35,30 @@ class Customer(models.Model):
         return self.name
 
 
+class FailoverPolicy(models.TextChoices):
+    AUTOMATIC = "automatic", "Automatic"
+    APPROVAL = "approval", "Staff approval, with an emergency time-out"
+
+
+class SpreadMode(models.TextChoices):
+    """What the spread rule does while clusters the deployment ran on are lost.
+
+    Hard: no cluster, provider or region holds more replicas than the rule allows at full
+    strength, so the deployment runs degraded instead. Soft: the rule is set aside until the lost
+    clusters are back, then restored by the next plan.
+    """
+
+    HARD = "hard", "Hard: stay degraded rather than break it"
+    SOFT = "soft", "Soft: may break during an outage, restored after"
+
+
+class DeploymentCondition(models.TextChoices):
+    NORMAL = "normal", "Normal"
+    DEGRADED = "degraded", "Degraded: fewer replicas placed than desired"
+    AWAITING_APPROVAL = "awaiting_approval", "Failover awaiting approval"
+    FAILOVER_BLOCKED = "failover_blocked", "Failover blocked"
+
+
 class DeploymentQuerySet(models.QuerySet["Deployment"]):
     def visible_to(self, user) -> "DeploymentQuerySet":
         """Limit to what ``user`` may see: staff see every deployment, others their customers' ones."""
@@ -64,6 +88,22 @@ class Deployment(models.Model):
     min_regions = models.PositiveSmallIntegerField(
         default=1, help_text="Replicas must span at least this many regions."
     )
+    spread_mode = models.CharField(max_length=8, choices=SpreadMode.choices, default=SpreadMode.HARD)
+    failover_policy = models.CharField(max_length=16, choices=FailoverPolicy.choices, default=FailoverPolicy.AUTOMATIC)
+    approval_timeout_s = models.PositiveIntegerField(
+        default=900, help_text="Emergency time-out: an undecided failover proceeds after this many seconds."
+    )
+    failback_policy = models.CharField(
+        max_length=16,
+        choices=FailoverPolicy.choices,
+        default=FailoverPolicy.AUTOMATIC,
+        help_text="Whether replicas return to a recovered cluster by themselves or once staff approve.",
+    )
+    condition = models.CharField(
+        max_length=24, choices=DeploymentCondition.choices, default=DeploymentCondition.NORMAL, editable=False
+    )
+    condition_reason = models.TextField(blank=True, editable=False)
+    condition_since = models.DateTimeField(null=True, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -166,6 +206,9 @@ class PlanTrigger(models.TextChoices):
     SCHEDULE = "schedule", "Schedule"
     DEMO = "demo", "Demo"
     API = "api", "API"
+    HEALTH = "health", "Cluster health change"
+    OPERATOR = "operator", "Operator action"
+    APPROVAL = "approval", "Failover decision"
 
 
 class PlacementPlanQuerySet(models.QuerySet["PlacementPlan"]):
@@ -342,3 +385,88 @@ class DriftRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.cluster}: {self.kubernetes_name} {self.observed_replicas}/{self.desired_replicas}"
+
+
+class FailoverKind(models.TextChoices):
+    FAILOVER = "failover", "Failover: move replicas off lost clusters"
+    FAILBACK = "failback", "Failback: return replicas to a recovered cluster"
+
+
+class FailoverStatus(models.TextChoices):
+    PENDING = "pending", "Awaiting approval"
+    APPROVED = "approved", "Approved"
+    REJECTED = "rejected", "Rejected"
+    TIMED_OUT = "timed_out", "Proceeded after the emergency time-out"
+    WITHDRAWN = "withdrawn", "Withdrawn: the clusters recovered first"
+
+
+class FailoverRequestQuerySet(models.QuerySet["FailoverRequest"]):
+    def visible_to(self, user) -> "FailoverRequestQuerySet":
+        if not user.is_authenticated:
+            return self.none()
+        if user.is_staff:
+            return self
+        return self.filter(deployment__customer__members=user)
+
+
+class FailoverRequest(models.Model):
+    """A move of one deployment's replicas that waits for staff, because its policy asks for approval."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="failover_requests")
+    kind = models.CharField(max_length=16, choices=FailoverKind.choices)
+    status = models.CharField(max_length=16, choices=FailoverStatus.choices, default=FailoverStatus.PENDING)
+    clusters = models.ManyToManyField(Cluster, related_name="+", help_text="The lost or recovered clusters.")
+    replicas = models.PositiveIntegerField(help_text="Replicas the move concerns.")
+    reason = models.TextField(help_text="Why the move is needed.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    deadline = models.DateTimeField(
+        null=True, blank=True, help_text="A failover proceeds by itself at this time if nobody decided."
+    )
+    decided_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    decided_by_label = models.CharField(max_length=128, blank=True)
+    decided_at = models.DateTimeField(null=True, blank=True)
+    decision_reason = models.TextField(blank=True)
+
+    objects = FailoverRequestQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "kind"],
+                condition=Q(status="pending"),
+                name="failover_one_pending_per_kind",
+                violation_error_message="This deployment already has a pending request of this kind.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of {self.deployment} ({self.status})"
+
+
+class ClusterAvoidance(models.Model):
+    """Replicas of one deployment lost on one cluster; repeated losses deprioritise the cluster for it."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="avoidances")
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="+")
+    losses = models.PositiveIntegerField(default=0, help_text="Losses within the current window.")
+    window_started_at = models.DateTimeField()
+    last_loss_at = models.DateTimeField()
+    avoid_until = models.DateTimeField(
+        null=True, blank=True, help_text="Until then the scheduler charges extra for this cluster for this deployment."
+    )
+
+    class Meta:
+        ordering = ["deployment", "cluster"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["deployment", "cluster"],
+                name="avoidance_unique_pair",
+                violation_error_message="This deployment already has an avoidance record for this cluster.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment} on {self.cluster}: {self.losses} losses"

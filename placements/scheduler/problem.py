@@ -27,8 +27,11 @@ class ClusterInput:
     free_gpus: dict[str, int] = field(default_factory=dict)
     # SKU name -> USD per GPU-hour.
     price_per_gpu_hour: dict[str, float] = field(default_factory=dict)
-    # False for a cordoned, draining or down cluster, or one excluded by a dry run.
+    # False for a cordoned, draining, suspect, recovering or down cluster, or one excluded by a dry run.
     schedulable: bool = True
+    # For a cluster that is not schedulable: True keeps the replicas running there now (cordoned,
+    # suspect, recovering), without counting them against its capacity, and places no new ones.
+    holds_current: bool = False
     state: str = "active"
 
 
@@ -69,6 +72,22 @@ class DeploymentInput:
     region_preference: tuple[str, ...] = ()  # region keys, most preferred first
     origins: tuple[DemandOriginInput, ...] = ()
     locks: tuple[LockInput, ...] = ()
+    # SPREAD_FULL in normal operation; while clusters it ran on are lost, SPREAD_CAPPED (hard
+    # spread) or SPREAD_OFF (soft spread). See placements.models.SpreadMode.
+    spread: str = "full"
+    # Clusters, not schedulable, where this deployment's current replicas are kept as on a
+    # ``holds_current`` cluster: lost clusters of a blocked deployment, or of one awaiting approval.
+    hold_clusters: frozenset[int] = frozenset()
+    # Clusters charged extra for this deployment, because they lost its replicas repeatedly.
+    penalised_clusters: frozenset[int] = frozenset()
+    # Clusters this deployment may not use now (a failback that waits for approval).
+    excluded_clusters: frozenset[int] = frozenset()
+
+
+# DeploymentInput.spread values.
+SPREAD_FULL = "full"  # no cluster holds every placed replica; min providers and regions spanned
+SPREAD_CAPPED = "capped"  # no cluster, provider or region holds more than the full rule allows it
+SPREAD_OFF = "off"  # no spread rule
 
 
 @dataclass
