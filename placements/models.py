@@ -410,7 +410,12 @@ class FailoverRequestQuerySet(models.QuerySet["FailoverRequest"]):
 
 
 class FailoverRequest(models.Model):
-    """A move of one deployment's replicas that waits for staff, because its policy asks for approval."""
+    """A move of one deployment's replicas off lost clusters, or back to recovered ones.
+
+    Every failover is recorded, whatever the policy: under the automatic policy the request is
+    approved at once by "automatic"; under the approval policy it waits for staff until its
+    deadline. A failback request exists only for deployments whose failback needs approval.
+    """
 
     deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="failover_requests")
     kind = models.CharField(max_length=16, choices=FailoverKind.choices)
@@ -428,6 +433,9 @@ class FailoverRequest(models.Model):
     decided_by_label = models.CharField(max_length=128, blank=True)
     decided_at = models.DateTimeField(null=True, blank=True)
     decision_reason = models.TextField(blank=True)
+    failed_back_at = models.DateTimeField(
+        null=True, blank=True, help_text="For a failover: when its replicas were let back to the recovered clusters."
+    )
 
     objects = FailoverRequestQuerySet.as_manager()
 

@@ -82,6 +82,9 @@ class DeploymentInput:
     penalised_clusters: frozenset[int] = frozenset()
     # Clusters this deployment may not use now (a failback that waits for approval).
     excluded_clusters: frozenset[int] = frozenset()
+    # True during a failback: moving its running replicas costs nothing, so they return to their
+    # preferred places even where the gain is smaller than the usual churn cost.
+    churn_free: bool = False
 
 
 # DeploymentInput.spread values.
