@@ -1,12 +1,80 @@
-"""Admin for the pool's inventory: where the GPUs are, how many are free, and at what price."""
+"""Admin for the pool's inventory (where the GPUs are, how many are free, at what price), outages and alerts.
 
-from django.contrib import admin
+Cluster state changes and outages go through ``fleet.operations``: each admin action asks for a
+reason on a confirmation page, so every change is audited and re-planned like the API's.
+"""
+
+from django import forms
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
 from django.db import models
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce
+from django.template.response import TemplateResponse
 from django.utils.html import format_html_join
 
-from fleet.models import CatalogOffer, Cluster, ClusterCapacity, GpuSku, Provider, Region
+from fleet import operations
+from fleet.models import (
+    Alert,
+    CatalogOffer,
+    Cluster,
+    ClusterCapacity,
+    GpuSku,
+    Outage,
+    OutageScope,
+    Provider,
+    Region,
+)
+
+# Actions that ask for a reason: a confirmation page like Django's "delete selected", with a reason field.
+
+
+class ReasonForm(forms.Form):
+    reason = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 80}),
+        required=False,
+        help_text="Why; stored in the audit trail with your user name.",
+    )
+
+    def clean_reason(self):
+        try:
+            return operations.clean_reason(self.cleaned_data.get("reason"))
+        except operations.OperationError as error:
+            raise forms.ValidationError(error.message) from error
+
+
+def confirm_with_reason(modeladmin, request, queryset, *, title: str, description: str, operation, done: str):
+    """Run ``operation(row, actor=..., reason=...)`` on each selected row once the confirmation page has a reason.
+
+    Returns the confirmation page until a valid reason is posted, then None, so the admin goes back
+    to the changelist. A row the operation rejects (a ``ValueError``) is reported and skipped;
+    the others still change, each in its own transaction.
+    """
+    form = ReasonForm(request.POST if request.POST.get("confirm") else None)
+    if form.is_bound and form.is_valid():
+        changed = 0
+        for row in queryset:
+            try:
+                operation(row, actor=request.user, reason=form.cleaned_data["reason"])
+            except ValueError as error:
+                modeladmin.message_user(request, f"{row}: {error}", messages.ERROR)
+            else:
+                changed += 1
+        if changed:
+            modeladmin.message_user(request, f"{done}: {changed} of {len(queryset)}.", messages.SUCCESS)
+        return None
+    context = {
+        **modeladmin.admin_site.each_context(request),
+        "title": title,
+        "description": description,
+        "queryset": queryset,
+        "form": form,
+        "opts": modeladmin.model._meta,
+        "action_name": request.POST.get("action", ""),
+        "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        "submit_label": title,
+    }
+    return TemplateResponse(request, "admin/fleet/reason_action.html", context)
 
 
 @admin.register(Provider)
@@ -98,12 +166,76 @@ class FreeCapacityFilter(admin.SimpleListFilter):
 
 @admin.register(Cluster)
 class ClusterAdmin(admin.ModelAdmin):
-    list_display = ["name", "region", "provider", "state", "total_gpus", "free_gpus", "gpus_by_sku", "created_at"]
-    list_filter = ["state", FreeCapacityFilter, "region__provider", "region", "capacities__sku"]
+    list_display = [
+        "name",
+        "region",
+        "provider",
+        "state",
+        "health",
+        "health_changed_at",
+        "total_gpus",
+        "free_gpus",
+        "gpus_by_sku",
+        "last_heartbeat_at",
+    ]
+    list_filter = ["state", "health", FreeCapacityFilter, "region__provider", "region", "capacities__sku"]
     list_select_related = ["region__provider"]
     search_fields = ["name", "region__code", "region__provider__name"]
     inlines = [ClusterCapacityInline]
     formfield_overrides = {models.URLField: {"assume_scheme": "https"}}
+    actions = ["cordon_clusters", "uncordon_clusters", "drain_clusters"]
+    # Health is judged by MCM from heartbeats; the operator's state changes through the actions.
+    health_fields = [
+        "health",
+        "health_reason",
+        "health_changed_at",
+        "healthy_since",
+        "first_missed_heartbeat_at",
+        "last_heartbeat_at",
+        "consecutive_failures",
+        "consecutive_successes",
+    ]
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = [*super().get_readonly_fields(request, obj), *self.health_fields]
+        return [*fields, "state"] if obj is not None else fields
+
+    @admin.action(description="Cordon: place no new replicas on the selected clusters")
+    def cordon_clusters(self, request, queryset):
+        return confirm_with_reason(
+            self,
+            request,
+            queryset,
+            title="Cordon clusters",
+            description="No new replicas will be placed on these clusters; the replicas running there stay.",
+            operation=operations.cordon,
+            done="Cordoned",
+        )
+
+    @admin.action(description="Uncordon: make the selected clusters active again")
+    def uncordon_clusters(self, request, queryset):
+        return confirm_with_reason(
+            self,
+            request,
+            queryset,
+            title="Uncordon clusters",
+            description="These clusters become active: the next plan may place replicas on them again.",
+            operation=operations.uncordon,
+            done="Uncordoned",
+        )
+
+    @admin.action(description="Drain: move every replica off the selected clusters")
+    def drain_clusters(self, request, queryset):
+        return confirm_with_reason(
+            self,
+            request,
+            queryset,
+            title="Drain clusters",
+            description="The next plan moves every replica off these clusters. New replicas are ready "
+            "elsewhere before the old ones stop.",
+            operation=operations.drain,
+            done="Draining",
+        )
 
     def get_queryset(self, request):
         return (
@@ -201,6 +333,122 @@ class CatalogOfferAdmin(admin.ModelAdmin):
     list_filter = ["sku", "region__provider", "region"]
     list_select_related = ["region__provider", "sku"]
     search_fields = ["instance_type", "region__code"]
+
+
+# Outages and alerts.
+
+
+class OpenFilter(admin.SimpleListFilter):
+    """Rows still open (``<field>`` empty) or closed."""
+
+    title = "open"
+    parameter_name = "open"
+    closed_field = "cleared_at"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Open"), ("no", "Closed")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(**{f"{self.closed_field}__isnull": True})
+        if self.value() == "no":
+            return queryset.filter(**{f"{self.closed_field}__isnull": False})
+        return queryset
+
+
+class AlertOpenFilter(OpenFilter):
+    closed_field = "resolved_at"
+
+
+class OutageDeclareForm(forms.ModelForm):
+    class Meta:
+        model = Outage
+        fields = ["scope", "cluster", "region", "provider", "reason"]
+        help_texts = {
+            "cluster": "For a cluster outage only.",
+            "region": "For a region outage only.",
+            "provider": "For a provider outage only.",
+            "reason": "Why; stored in the audit trail with your user name.",
+        }
+
+    def clean(self):
+        cleaned = super().clean()
+        scope = cleaned.get("scope")
+        if self.errors or scope is None:
+            return cleaned
+        for other in OutageScope.values:
+            if other != scope and cleaned.get(other) is not None:
+                self.add_error(other, f"{cleaned[other]} does not apply to a {scope} outage; leave it empty.")
+        try:
+            cleaned["reason"] = operations.check_outage(
+                scope=scope, target=cleaned.get(scope), reason=cleaned.get("reason")
+            )
+        except operations.OperationError as error:
+            self.add_error(error.field if error.field in self.fields else None, error.message)
+        return cleaned
+
+
+@admin.register(Outage)
+class OutageAdmin(admin.ModelAdmin):
+    """Outages: staff declare one with the add form and clear it with the action; rows are never edited."""
+
+    form = OutageDeclareForm
+    list_display = ["__str__", "scope", "target", "source", "declared_by", "started_at", "cleared_at", "cleared_by"]
+    list_filter = [OpenFilter, "scope", "source"]
+    list_select_related = ["cluster", "region__provider", "provider"]
+    search_fields = ["cluster__name", "region__code", "provider__name", "reason", "declared_by"]
+    actions = ["clear_outages"]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="target")
+    def target(self, outage):
+        return outage.target
+
+    def save_model(self, request, obj, form, change):
+        data = form.cleaned_data
+        outage = operations.declare_outage(
+            scope=data["scope"], target=data[data["scope"]], actor=request.user, reason=data["reason"]
+        )
+        # The admin logs the addition and redirects with the form's instance, so give it the stored row.
+        obj.pk = outage.pk
+        obj.declared_by = outage.declared_by
+        obj.source = outage.source
+
+    @admin.action(description="Clear the selected outages")
+    def clear_outages(self, request, queryset):
+        return confirm_with_reason(
+            self,
+            request,
+            queryset,
+            title="Clear outages",
+            description="The clusters these outages cover count as recovering, and replicas return to them after "
+            "the failback period.",
+            operation=operations.clear_outage,
+            done="Cleared",
+        )
+
+
+@admin.register(Alert)
+class AlertAdmin(admin.ModelAdmin):
+    """Alerts are raised and resolved by MCM, so the admin only shows them."""
+
+    list_display = ["kind", "severity", "subject_label", "message", "raised_at", "resolved_at"]
+    list_filter = [AlertOpenFilter, "severity", "kind"]
+    search_fields = ["kind", "subject_label", "message"]
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
 
 
 from fleet import admin_telemetry  # noqa: E402, F401  (registers the telemetry admin)

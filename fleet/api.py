@@ -1,11 +1,35 @@
-"""Read-only API over the pool's inventory: providers, regions, GPU SKUs, clusters and capacity."""
+"""API over the pool's inventory (providers, regions, GPU SKUs, clusters, capacity), outages and alerts.
+
+The inventory is read-only to everyone signed in. Staff cordon, uncordon and drain clusters, and
+declare and clear outages, through ``fleet.operations``, so every change is audited and
+re-planned. Outages and alerts are staff-only.
+"""
 
 import django_filters
 from django.db.models import Q
-from rest_framework import serializers
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.permissions import IsAdminUser
+from rest_framework.response import Response
 
-from fleet.models import Cluster, ClusterCapacity, ClusterState, GpuSku, PricingModel, Provider, Region
-from mcm_site.api import ReadOnlyViewSet
+from fleet import operations
+from fleet.models import (
+    Alert,
+    AlertSeverity,
+    Cluster,
+    ClusterCapacity,
+    ClusterHealth,
+    ClusterState,
+    GpuSku,
+    Outage,
+    OutageScope,
+    OutageSource,
+    PricingModel,
+    Provider,
+    Region,
+)
+from mcm_site.api import ReadOnlyViewSet, ScopedViewSetMixin
 
 # Serializers. Cluster credentials and API endpoints stay out: fields are listed one by one.
 
@@ -53,7 +77,24 @@ class ClusterSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Cluster
-        fields = ["id", "name", "provider", "region", "region_id", "state", "capabilities", "created_at"]
+        fields = [
+            "id",
+            "name",
+            "provider",
+            "region",
+            "region_id",
+            "state",
+            "health",
+            "health_reason",
+            "health_changed_at",
+            "healthy_since",
+            "first_missed_heartbeat_at",
+            "last_heartbeat_at",
+            "capabilities",
+            "created_at",
+        ]
+        # State changes go through the cordon, uncordon and drain actions; health is judged by MCM.
+        read_only_fields = fields
 
 
 class ClusterCapacitySerializer(serializers.ModelSerializer):
@@ -83,6 +124,136 @@ class ClusterCapacitySerializer(serializers.ModelSerializer):
             "pricing_model",
             "updated_at",
         ]
+
+
+class ReasonSerializer(serializers.Serializer):
+    """The body of an operator action: why it is taken, for the audit trail."""
+
+    reason = serializers.CharField(
+        allow_blank=True, help_text="Why the action is taken; stored in the audit trail. Must not be blank."
+    )
+
+    def validate_reason(self, value):
+        try:
+            return operations.clean_reason(value)
+        except operations.OperationError as error:
+            raise serializers.ValidationError(error.message) from error
+
+    @classmethod
+    def read(cls, request) -> str:
+        """Return the request's cleaned reason; raise a 400 naming the field when it is missing or blank."""
+        serializer = cls(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        return serializer.validated_data["reason"]
+
+
+def run_operation(operation, *args, **kwargs):
+    """Call a ``fleet.operations`` control; turn its ``OperationError`` into a 400 keyed by the field at fault."""
+    try:
+        return operation(*args, **kwargs)
+    except operations.OperationError as error:
+        raise serializers.ValidationError({error.field: [error.message]}) from error
+
+
+class OutageSerializer(serializers.ModelSerializer):
+    cluster = serializers.CharField(source="cluster.name", read_only=True, allow_null=True, default=None)
+    region = serializers.SerializerMethodField(help_text="'provider/code', for a region outage.")
+    provider = serializers.CharField(source="provider.name", read_only=True, allow_null=True, default=None)
+    target = serializers.CharField(read_only=True, help_text="Name of the cluster, region or provider.")
+    is_open = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = Outage
+        fields = [
+            "id",
+            "scope",
+            "target",
+            "cluster",
+            "cluster_id",
+            "region",
+            "region_id",
+            "provider",
+            "provider_id",
+            "source",
+            "reason",
+            "declared_by",
+            "started_at",
+            "cleared_at",
+            "cleared_by",
+            "is_open",
+        ]
+        read_only_fields = fields
+
+    def get_region(self, outage) -> str | None:
+        return str(outage.region) if outage.region_id else None
+
+
+class OutageDeclareSerializer(serializers.Serializer):
+    """A declared outage: its scope, the one target that scope names, and the reason."""
+
+    scope = serializers.CharField(help_text="'cluster', 'region' or 'provider'.")
+    cluster = serializers.CharField(required=False, help_text="Cluster name or id, for a cluster outage.")
+    region = serializers.CharField(required=False, help_text="Region key 'provider/code' or id, for a region outage.")
+    provider = serializers.CharField(required=False, help_text="Provider name or id, for a provider outage.")
+    reason = serializers.CharField(allow_blank=True, help_text="Why; stored in the audit trail. Must not be blank.")
+
+    def validate(self, attrs):
+        scope = attrs["scope"]
+        if scope not in OutageScope.values:
+            raise serializers.ValidationError(
+                {"scope": [f"{scope!r} is not a valid scope: use one of {', '.join(OutageScope.values)}."]}
+            )
+        others = [name for name in OutageScope.values if name != scope and attrs.get(name) not in (None, "")]
+        if others:
+            raise serializers.ValidationError(
+                {name: [f"{attrs[name]!r} does not apply to a {scope} outage; leave {name} out."] for name in others}
+            )
+        value = attrs.get(scope)
+        if value in (None, ""):
+            raise serializers.ValidationError({scope: [f"A {scope} outage needs {scope}; it is missing."]})
+        attrs["target"] = resolve_target(scope, value)
+        return attrs
+
+
+def resolve_target(scope: str, value: str):
+    """Return the cluster, region or provider that ``value`` (a name, region key or id) names."""
+    if scope == OutageScope.CLUSTER:
+        queryset, condition = Cluster.objects.all(), Q(name=value)
+    elif scope == OutageScope.REGION:
+        provider, _, code = value.rpartition("/")
+        queryset, condition = Region.objects.select_related("provider"), Q(provider__name=provider, code=code)
+    else:
+        queryset, condition = Provider.objects.all(), Q(name=value)
+    if value.isdigit():
+        condition |= Q(pk=int(value))
+    target = queryset.filter(condition).first()
+    if target is None:
+        hint = " Use 'provider/code', for example 'aws/us-east-1'." if scope == OutageScope.REGION else ""
+        raise serializers.ValidationError({scope: [f"{scope.capitalize()} {value!r} not found.{hint}"]})
+    return target
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    is_open = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Alert
+        fields = [
+            "id",
+            "kind",
+            "severity",
+            "subject_type",
+            "subject_id",
+            "subject_label",
+            "message",
+            "raised_at",
+            "resolved_at",
+            "is_open",
+        ]
+        read_only_fields = fields
+
+    def get_is_open(self, alert) -> bool:
+        return alert.resolved_at is None
 
 
 # Filtersets: each foreign key filters by ``x_id`` and by ``x`` (its name), and ``q`` searches text.
@@ -136,6 +307,7 @@ class GpuSkuFilter(django_filters.FilterSet):
 
 class ClusterFilter(django_filters.FilterSet):
     state = django_filters.ChoiceFilter(choices=ClusterState.choices)
+    health = django_filters.ChoiceFilter(choices=ClusterHealth.choices)
     region_id = django_filters.NumberFilter()
     region = django_filters.CharFilter(method="filter_region", label="Region code or 'provider/code'")
     provider_id = django_filters.NumberFilter(field_name="region__provider_id")
@@ -176,6 +348,33 @@ class ClusterCapacityFilter(django_filters.FilterSet):
         return queryset.filter(Q(cluster__name__icontains=value) | Q(sku__name__icontains=value))
 
 
+class OutageFilter(django_filters.FilterSet):
+    scope = django_filters.ChoiceFilter(choices=OutageScope.choices)
+    source = django_filters.ChoiceFilter(choices=OutageSource.choices)
+    open = django_filters.BooleanFilter(field_name="cleared_at", lookup_expr="isnull", label="Not cleared yet")
+    cluster_id = django_filters.NumberFilter()
+    cluster = django_filters.CharFilter(field_name="cluster__name")
+    region_id = django_filters.NumberFilter()
+    provider_id = django_filters.NumberFilter()
+    provider = django_filters.CharFilter(field_name="provider__name")
+
+    class Meta:
+        model = Outage
+        fields: list[str] = []
+
+
+class AlertFilter(django_filters.FilterSet):
+    open = django_filters.BooleanFilter(field_name="resolved_at", lookup_expr="isnull", label="Not resolved yet")
+    kind = django_filters.CharFilter()
+    severity = django_filters.ChoiceFilter(choices=AlertSeverity.choices)
+    subject_type = django_filters.CharFilter()
+    subject_id = django_filters.CharFilter()
+
+    class Meta:
+        model = Alert
+        fields: list[str] = []
+
+
 # Viewsets.
 
 
@@ -204,7 +403,31 @@ class ClusterViewSet(ReadOnlyViewSet):
     queryset = Cluster.objects.select_related("region__provider")
     serializer_class = ClusterSerializer
     filterset_class = ClusterFilter
-    ordering_fields = ["name", "state", "created_at"]
+    ordering_fields = ["name", "state", "health", "created_at"]
+
+    @extend_schema(request=ReasonSerializer, responses=ClusterSerializer)
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser], filter_backends=[])
+    def cordon(self, request, pk=None):
+        """Stop placing new replicas on the cluster; its running replicas stay. Staff only."""
+        return self.change_state(request, operations.cordon)
+
+    @extend_schema(request=ReasonSerializer, responses=ClusterSerializer)
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser], filter_backends=[])
+    def uncordon(self, request, pk=None):
+        """Make a cordoned, draining or down cluster active again. Staff only."""
+        return self.change_state(request, operations.uncordon)
+
+    @extend_schema(request=ReasonSerializer, responses=ClusterSerializer)
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser], filter_backends=[])
+    def drain(self, request, pk=None):
+        """Move every replica off the cluster, make-before-break, through the next plan. Staff only."""
+        return self.change_state(request, operations.drain)
+
+    def change_state(self, request, operation):
+        cluster = self.get_object()
+        reason = ReasonSerializer.read(request)
+        cluster = run_operation(operation, cluster, actor=request.user, reason=reason)
+        return Response(self.get_serializer(cluster).data)
 
 
 class ClusterCapacityViewSet(ReadOnlyViewSet):
@@ -212,3 +435,62 @@ class ClusterCapacityViewSet(ReadOnlyViewSet):
     serializer_class = ClusterCapacitySerializer
     filterset_class = ClusterCapacityFilter
     ordering_fields = ["allocatable_gpus", "hourly_price_per_gpu", "updated_at"]
+
+
+class StaffOnlyMixin:
+    """For models without ``visible_to``: staff see every row, and ``IsAdminUser`` turns others away."""
+
+    permission_classes = [IsAdminUser]
+
+    def get_queryset(self):
+        queryset = self.queryset.all()  # type: ignore[attr-defined]
+        return queryset if self.request.user.is_staff else queryset.none()  # type: ignore[attr-defined]
+
+
+class OutageViewSet(
+    StaffOnlyMixin,
+    ScopedViewSetMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.CreateModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Declared and detected outages. Staff declare one with POST and clear it with ``clear``."""
+
+    queryset = Outage.objects.select_related("cluster", "region__provider", "provider")
+    serializer_class = OutageSerializer
+    filterset_class = OutageFilter
+    ordering_fields = ["started_at", "cleared_at", "scope"]
+
+    @extend_schema(request=OutageDeclareSerializer, responses={201: OutageSerializer})
+    def create(self, request, *args, **kwargs):
+        """Declare an outage: every cluster it covers counts as lost until it is cleared."""
+        serializer = OutageDeclareSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        data = serializer.validated_data
+        outage = run_operation(
+            operations.declare_outage,
+            scope=data["scope"],
+            target=data["target"],
+            actor=request.user,
+            reason=data["reason"],
+        )
+        return Response(OutageSerializer(outage).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ReasonSerializer, responses=OutageSerializer)
+    @action(detail=True, methods=["post"], filter_backends=[])
+    def clear(self, request, pk=None):
+        """Clear an open outage; its clusters return to placement after the failback period."""
+        outage = self.get_object()
+        reason = ReasonSerializer.read(request)
+        outage = run_operation(operations.clear_outage, outage, actor=request.user, reason=reason)
+        return Response(OutageSerializer(outage).data)
+
+
+class AlertViewSet(StaffOnlyMixin, ScopedViewSetMixin, viewsets.ReadOnlyModelViewSet):
+    """Alerts raised for staff; they resolve when their condition ends."""
+
+    queryset = Alert.objects.all()
+    serializer_class = AlertSerializer
+    filterset_class = AlertFilter
+    ordering_fields = ["raised_at", "resolved_at", "kind", "severity"]

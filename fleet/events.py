@@ -24,6 +24,7 @@ from django.utils import timezone
 from kombu.exceptions import KombuError
 
 from compliance.services import record_event
+from fleet.health import record_push
 from fleet.models import CatalogOffer, Cluster, ClusterCapacity, ClusterEvent, EventKind, GpuSku
 
 logger = logging.getLogger(__name__)
@@ -397,17 +398,23 @@ def _raise_heartbeats(rows: list[_Row]) -> None:
 
     Done on arrival, not only when applied, so that a sequence gap does not stall the heartbeat
     of a cluster whose agent is alive. The cap keeps an agent's fast clock from hiding an outage.
+    For a cluster without an API endpoint the batch also counts as a read for health: failed
+    when its newest health event says "failing", successful otherwise (see ``fleet.health``).
     """
     now = timezone.now()
     newest: dict[int, datetime] = {}
+    newest_health: dict[int, _Row] = {}
     for row in rows:
         newest[row.cluster_id] = max(newest.get(row.cluster_id, row.occurred_at), row.occurred_at)
+        if row.kind == EventKind.HEALTH:
+            current = newest_health.get(row.cluster_id)
+            if current is None or row.sequence > current.sequence:
+                newest_health[row.cluster_id] = row
     # Sorted, so that two batches for the same clusters lock the cluster rows in the same order.
     for cluster_id in sorted(newest):
-        seen_at = min(newest[cluster_id], now)
-        # Coalesce first: GREATEST with a NULL is NULL on SQLite, and the first heartbeat is NULL.
-        heartbeat = Greatest(Coalesce(F("last_heartbeat_at"), seen_at), seen_at)
-        Cluster.objects.filter(pk=cluster_id).update(last_heartbeat_at=heartbeat)
+        health_row = newest_health.get(cluster_id)
+        failing = health_row is not None and health_row.payload.get("status") == "failing"
+        record_push(cluster_id, min(newest[cluster_id], now), failing=failing)
 
 
 class _EnqueueFailures:

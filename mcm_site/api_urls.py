@@ -3,9 +3,17 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
-from fleet.api import ClusterCapacityViewSet, ClusterViewSet, GpuSkuViewSet, ProviderViewSet, RegionViewSet
+from fleet.api import (
+    AlertViewSet,
+    ClusterCapacityViewSet,
+    ClusterViewSet,
+    GpuSkuViewSet,
+    OutageViewSet,
+    ProviderViewSet,
+    RegionViewSet,
+)
 from fleet.api_events import EventIngestView
-from placements.api import DeploymentViewSet, PlacementPlanViewSet
+from placements.api import DeploymentViewSet, FailoverRequestViewSet, PlacementPlanViewSet
 
 router = DefaultRouter()
 router.register("providers", ProviderViewSet, basename="provider")
@@ -15,6 +23,9 @@ router.register("clusters", ClusterViewSet, basename="cluster")
 router.register("capacities", ClusterCapacityViewSet, basename="capacity")
 router.register("deployments", DeploymentViewSet, basename="deployment")
 router.register("plans", PlacementPlanViewSet, basename="plan")
+router.register("failover-requests", FailoverRequestViewSet, basename="failover-request")
+router.register("outages", OutageViewSet, basename="outage")
+router.register("alerts", AlertViewSet, basename="alert")
 
 # Agents post to "events" without a trailing slash; both forms reach the view, and only one is in the schema.
 urlpatterns = router.urls + [

@@ -1,26 +1,36 @@
-"""Admin for customers, deployments and the plans that place them.
+"""Admin for customers, deployments, failover requests and the plans that place deployments.
 
 Deployment writes go through ``placements.services``, so the admin validates like the API and
 writes the same audit events. Plans can hold tens of thousands of assignments, so a plan's page
 shows totals per provider and region with links to the filtered assignment list, never every row.
+Failover decisions go through ``placements.failover`` and re-plans through ``fleet.operations``.
 """
 
 import json
 
 from django import forms
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
-from django.db.models import Count, OuterRef, Subquery, Sum
-from django.urls import reverse
+from django.db.models import Case, Count, F, IntegerField, OuterRef, Subquery, Sum, Value, When
+from django.http import HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
+from fleet import operations
+from fleet.admin import confirm_with_reason
+from fleet.models import Cluster, Provider, Region
+from placements import failover
+from placements.api import POLICY_FIELDS, update_policy, validate_policy
 from placements.models import (
     Assignment,
     Customer,
     DemandOrigin,
     Deployment,
     DeploymentOutcome,
+    FailoverRequest,
+    FailoverStatus,
     PlacementPlan,
     RegionPreference,
 )
@@ -72,7 +82,7 @@ class CustomerAdmin(admin.ModelAdmin):
 class DeploymentAdminForm(forms.ModelForm):
     class Meta:
         model = Deployment
-        fields = ["customer", "name", "sku", "alternative_skus", *INTEGER_FIELDS]
+        fields = ["customer", "name", "sku", "alternative_skus", *INTEGER_FIELDS, *POLICY_FIELDS]
 
     def clean(self):
         cleaned = super().clean()
@@ -81,6 +91,10 @@ class DeploymentAdminForm(forms.ModelForm):
         customer = cleaned.get("customer") or (self.instance.customer if self.instance.pk else None)
         try:
             validate_deployment_fields(cleaned, customer=customer, instance=self.instance)
+        except ValidationError as error:
+            self.add_error(None, error)
+        try:
+            validate_policy({field: cleaned[field] for field in POLICY_FIELDS if field in cleaned})
         except ValidationError as error:
             self.add_error(None, error)
         return cleaned
@@ -172,12 +186,30 @@ class DeploymentAdmin(admin.ModelAdmin):
         "max_replicas",
         "current_placed",
         "current_unmet",
+        "condition",
+        "failover_policy",
     ]
-    list_filter = [PlacementStateFilter, "customer__tier", "sku", "customer"]
+    list_filter = [
+        PlacementStateFilter,
+        "condition",
+        "failover_policy",
+        "spread_mode",
+        "customer__tier",
+        "sku",
+        "customer",
+    ]
     list_select_related = ["customer", "sku"]
     search_fields = ["name", "customer__name"]
     filter_horizontal = ["alternative_skus"]
-    readonly_fields = ["current_placement", "current_explanation", "created_at", "updated_at"]
+    readonly_fields = [
+        "condition",
+        "condition_reason",
+        "condition_since",
+        "current_placement",
+        "current_explanation",
+        "created_at",
+        "updated_at",
+    ]
 
     def get_queryset(self, request):
         outcomes = DeploymentOutcome.objects.filter(plan=current_plan(), deployment=OuterRef("pk"))
@@ -255,6 +287,8 @@ class DeploymentAdmin(admin.ModelAdmin):
             saved = update_deployment(actor=request.user, deployment=form.instance, data=data)
         else:
             saved = create_deployment(actor=request.user, customer=form.cleaned_data["customer"], data=data)
+        policy = {field: form.cleaned_data[field] for field in POLICY_FIELDS if field in form.cleaned_data}
+        update_policy(actor=request.user, deployment=saved, values=policy)
         # The admin logs and redirects with the form's instance, so give it the saved row's key.
         form.instance.pk = saved.pk
 
@@ -300,6 +334,48 @@ class PlanFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ReplanPreviewForm(forms.Form):
+    """What-ifs for a previewed re-plan; each one is optional."""
+
+    exclude_provider = forms.ModelChoiceField(
+        Provider.objects.all(), required=False, to_field_name="name", help_text="Treat this provider as down."
+    )
+    exclude_region = forms.ModelChoiceField(
+        Region.objects.select_related("provider"), required=False, help_text="Treat this region as down."
+    )
+    drain_clusters = forms.ModelMultipleChoiceField(
+        Cluster.objects.all(), required=False, to_field_name="name", help_text="Treat these clusters as draining."
+    )
+    cordon_clusters = forms.ModelMultipleChoiceField(
+        Cluster.objects.all(), required=False, to_field_name="name", help_text="Treat these clusters as cordoned."
+    )
+
+    def clean(self):
+        cleaned = super().clean()
+        both = {cluster.name for cluster in cleaned.get("drain_clusters") or []} & {
+            cluster.name for cluster in cleaned.get("cordon_clusters") or []
+        }
+        if both:
+            self.add_error("cordon_clusters", f"{sorted(both)} also selected to drain; select each cluster once.")
+        return cleaned
+
+    def what_ifs(self) -> dict:
+        cleaned = self.cleaned_data
+        provider, region = cleaned.get("exclude_provider"), cleaned.get("exclude_region")
+        return {
+            "exclude_providers": [provider.name] if provider else [],
+            "exclude_regions": [str(region)] if region else [],
+            "drain_clusters": sorted(cluster.name for cluster in cleaned.get("drain_clusters") or []),
+            "cordon_clusters": sorted(cluster.name for cluster in cleaned.get("cordon_clusters") or []),
+        }
+
+
+def unmet_rows(preview: dict) -> list[tuple[str, int | None, int]]:
+    """Return (tier, unmet before, unmet after) rows of a re-plan preview, highest tier first."""
+    before, after = preview["unmet_by_tier"]["before"], preview["unmet_by_tier"]["after"]
+    return [(tier, before.get(tier), unmet) for tier, unmet in after.items()]
+
+
 @admin.register(PlacementPlan)
 class PlacementPlanAdmin(ReadOnlyAdmin):
     list_display = [
@@ -340,6 +416,53 @@ class PlacementPlanAdmin(ReadOnlyAdmin):
         ),
         ("Placement", {"fields": ["placement_by_location", "shortfalls"]}),
     ]
+
+    def get_urls(self):
+        urls = [
+            path("preview/", self.admin_site.admin_view(self.preview_view), name="placements_placementplan_preview"),
+            path(
+                "apply-replan/",
+                self.admin_site.admin_view(self.apply_replan_view),
+                name="placements_placementplan_apply_replan",
+            ),
+        ]
+        return urls + super().get_urls()
+
+    def preview_view(self, request):
+        """Run a dry-run re-plan with optional what-ifs and show how it differs from the current plan."""
+        form = ReplanPreviewForm(request.POST or None)
+        preview = None
+        if request.method == "POST" and form.is_valid():
+            try:
+                preview = operations.preview_replan(actor=request.user, **form.what_ifs())
+            except operations.OperationError as error:
+                form.add_error(error.field if error.field in form.fields else None, error.message)
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Preview a re-plan",
+            "opts": self.model._meta,
+            "form": form,
+            "preview": preview,
+            "unmet_rows": unmet_rows(preview) if preview else [],
+        }
+        return TemplateResponse(request, "admin/placements/placementplan/preview.html", context)
+
+    def apply_replan_view(self, request):
+        """Plan every deployment with the current state and apply the plan; POST only."""
+        if request.method != "POST":
+            return HttpResponseRedirect(reverse("admin:placements_placementplan_preview"))
+        try:
+            plan = operations.apply_replan(actor=request.user)
+        except ValueError as error:
+            self.message_user(request, f"The re-plan failed: {error}", messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:placements_placementplan_preview"))
+        self.message_user(
+            request,
+            f"Applied plan v{plan.version}: {plan.summary.get('placed_replicas')} replicas placed, "
+            f"{plan.summary.get('unmet_replicas')} unmet. Its execution is enqueued.",
+            messages.SUCCESS,
+        )
+        return HttpResponseRedirect(reverse("admin:placements_placementplan_change", args=[plan.pk]))
 
     @admin.display(description="replicas by provider and region")
     def placement_by_location(self, plan):
@@ -442,3 +565,63 @@ class DeploymentOutcomeAdmin(ReadOnlyAdmin):
     @admin.display(description="explanation")
     def explanation_text(self, outcome):
         return format_html("<pre>{}</pre>", json.dumps(outcome.explanation, indent=2, sort_keys=True))
+
+
+# Failover requests: created by planning, decided by staff through placements.failover.
+
+
+@admin.register(FailoverRequest)
+class FailoverRequestAdmin(ReadOnlyAdmin):
+    list_display = [
+        "deployment",
+        "kind",
+        "status",
+        "replicas",
+        "cluster_names",
+        "created_at",
+        "deadline",
+        "decided_by_label",
+        "decided_at",
+    ]
+    list_filter = ["status", "kind", "deployment__customer__tier", "deployment__customer"]
+    list_select_related = ["deployment__customer"]
+    search_fields = ["deployment__name", "deployment__customer__name", "reason", "decision_reason"]
+    actions = ["approve_requests", "reject_requests"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("clusters")
+
+    def get_ordering(self, request):
+        # Pending requests first, the nearest deadline first among them; then the newest decisions.
+        pending_first = Case(
+            When(status=FailoverStatus.PENDING, then=Value(0)), default=Value(1), output_field=IntegerField()
+        )
+        return [pending_first.asc(), F("deadline").asc(nulls_last=True), "-created_at"]
+
+    @admin.display(description="clusters")
+    def cluster_names(self, failover_request):
+        return ", ".join(sorted(cluster.name for cluster in failover_request.clusters.all()))
+
+    @admin.action(description="Approve the selected pending requests")
+    def approve_requests(self, request, queryset):
+        return confirm_with_reason(
+            self,
+            request,
+            queryset,
+            title="Approve failover requests",
+            description="A re-plan that carries out the moves, make-before-break, is enqueued.",
+            operation=failover.approve,
+            done="Approved",
+        )
+
+    @admin.action(description="Reject the selected pending requests")
+    def reject_requests(self, request, queryset):
+        return confirm_with_reason(
+            self,
+            request,
+            queryset,
+            title="Reject failover requests",
+            description="The replicas stay where they are; the deployments stay degraded until their clusters recover.",
+            operation=failover.reject,
+            done="Rejected",
+        )

@@ -1,6 +1,15 @@
-"""API for customers' deployments, where their replicas run and why, and (for staff) the plans."""
+"""API for customers' deployments, where their replicas run and why, their failover requests, and (for staff) the plans.
+
+Staff approve or reject failover requests through ``placements.failover`` and preview a re-plan
+through ``fleet.operations``, so every decision is audited.
+"""
+
+from collections.abc import Mapping
+from typing import Any
 
 import django_filters
+from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import Aggregate, Count, IntegerField, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
@@ -9,27 +18,101 @@ from rest_framework.decorators import action
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 
+from compliance.services import record_event
+from fleet import operations
+from fleet.api import ReasonSerializer, run_operation
+from fleet.models import Cluster, Provider, Region
 from mcm_site.api import ModelViewSet, ReadOnlyViewSet
+from placements import failover
 from placements.models import (
     Assignment,
     Customer,
     DemandOrigin,
     Deployment,
+    DeploymentCondition,
     DeploymentOutcome,
+    FailoverKind,
+    FailoverPolicy,
+    FailoverRequest,
+    FailoverStatus,
     PlacementPlan,
     PlanStatus,
     PlanTrigger,
+    SpreadMode,
     Tier,
 )
 from placements.services import (
     INTEGER_FIELDS,
     create_deployment,
+    current_plan,
     delete_deployment,
     deployment_defaults,
     deployment_explanation,
     deployment_placement,
     update_deployment,
 )
+
+# Failover policy of a deployment. The deployment services do not store these fields yet, so the
+# API and the admin write them here, in the transaction of the deployment write, with their own
+# audit event.
+# TODO: move into placements.services.validate_deployment_fields and update_deployment once they
+# store these fields, so that deployment.created and deployment.updated record them.
+POLICY_FIELDS = ("spread_mode", "failover_policy", "approval_timeout_s", "failback_policy")
+POLICY_CHOICES = {
+    "spread_mode": SpreadMode.values,
+    "failover_policy": FailoverPolicy.values,
+    "failback_policy": FailoverPolicy.values,
+}
+# NOTE: the one-day maximum is a chosen limit, not a measured one. A longer emergency time-out would
+# leave replicas on a lost cluster down for longer than an approval is likely worth.
+APPROVAL_TIMEOUT_RANGE_S = (1, 86400)
+
+
+def policy_defaults() -> dict:
+    template = Deployment()
+    return {field: getattr(template, field) for field in POLICY_FIELDS}
+
+
+def validate_policy(values: Mapping[str, Any]) -> dict:
+    """Check failover policy fields; raise ``ValidationError`` keyed by field, quoting the rejected value."""
+    errors: dict[str, list[str]] = {}
+    for field, choices in POLICY_CHOICES.items():
+        if field in values and values[field] not in choices:
+            errors[field] = [f"{values[field]!r} is not valid: use one of {', '.join(choices)}."]
+    if "approval_timeout_s" in values:
+        value = values["approval_timeout_s"]
+        low, high = APPROVAL_TIMEOUT_RANGE_S
+        if isinstance(value, bool) or not isinstance(value, int):
+            errors["approval_timeout_s"] = [f"{value!r} is not an integer number of seconds."]
+        elif not low <= value <= high:
+            errors["approval_timeout_s"] = [f"{value} is out of range: use {low} to {high} seconds."]
+    if errors:
+        raise ValidationError(errors)
+    return {field: values[field] for field in POLICY_FIELDS if field in values}
+
+
+def update_policy(*, actor, deployment: Deployment, values: Mapping[str, Any]) -> Deployment:
+    """Store a deployment's failover policy fields, audited as ``deployment.policy_updated`` when they change."""
+    cleaned = validate_policy(values)
+    with transaction.atomic():
+        locked = Deployment.objects.select_for_update().get(pk=deployment.pk)
+        before = {field: getattr(locked, field) for field in POLICY_FIELDS}
+        changed = [field for field, value in cleaned.items() if before[field] != value]
+        if changed:
+            for field in changed:
+                setattr(locked, field, cleaned[field])
+            locked.save(update_fields=[*changed, "updated_at"])
+            record_event(
+                actor=actor,
+                action="deployment.policy_updated",
+                subject=locked,
+                before=before,
+                after={field: getattr(locked, field) for field in POLICY_FIELDS},
+            )
+    for field in POLICY_FIELDS:
+        setattr(deployment, field, getattr(locked, field))
+    return deployment
+
 
 # Serializers check the shape of a request. The services check every rule about values.
 
@@ -82,6 +165,30 @@ class DeploymentSerializer(serializers.ModelSerializer):
         required=False, help_text="Preferred regions as 'provider/code' keys, most preferred first."
     )
     demand_origins = DemandOriginSerializer(many=True, required=False)
+    spread_mode = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="'hard' (stay degraded rather than break the spread rule) or 'soft'; default hard.",
+    )
+    failover_policy = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="'automatic' or 'approval' (staff approve, with an emergency time-out).",
+    )
+    approval_timeout_s = serializers.IntegerField(
+        required=False,
+        help_text=f"Seconds an undecided failover waits before it proceeds, {APPROVAL_TIMEOUT_RANGE_S[0]} to "
+        f"{APPROVAL_TIMEOUT_RANGE_S[1]}; default 900.",
+    )
+    failback_policy = serializers.CharField(
+        required=False,
+        allow_blank=True,
+        help_text="'automatic' or 'approval': how replicas return to a recovered cluster.",
+    )
+    placed_replicas = serializers.SerializerMethodField(help_text="Replicas the current plan places.")
+    unmet_replicas = serializers.SerializerMethodField(
+        help_text="Replicas the current plan could not place (the shortfall); null until a plan covers the deployment."
+    )
 
     class Meta:
         model = Deployment
@@ -95,11 +202,24 @@ class DeploymentSerializer(serializers.ModelSerializer):
             *INTEGER_FIELDS,
             "region_preference",
             "demand_origins",
+            *POLICY_FIELDS,
+            "condition",
+            "condition_reason",
+            "condition_since",
+            "placed_replicas",
+            "unmet_replicas",
             "created_at",
             "updated_at",
         ]
+        read_only_fields = ["condition", "condition_reason", "condition_since"]
         # The services check uniqueness, with a message that names the value.
         validators: list = []
+
+    def get_placed_replicas(self, deployment) -> int:
+        return placement_totals(deployment)[0]
+
+    def get_unmet_replicas(self, deployment) -> int | None:
+        return placement_totals(deployment)[1]
 
     def validate(self, attrs):
         user = self.context["request"].user
@@ -112,14 +232,21 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     def create(self, validated_data):
         customer = validated_data.pop("customer")
+        policy = {field: validated_data.pop(field) for field in POLICY_FIELDS if field in validated_data}
         actor = self.context["request"].user
-        return create_deployment(actor=actor, customer=customer, data=validated_data)
+        validate_policy(policy)
+        deployment = create_deployment(actor=actor, customer=customer, data=validated_data)
+        return update_policy(actor=actor, deployment=deployment, values=policy)
 
     def update(self, instance, validated_data):
+        policy = {field: validated_data.pop(field) for field in POLICY_FIELDS if field in validated_data}
         if not self.partial:
             validated_data = {**deployment_defaults(), **validated_data}
+            policy = {**policy_defaults(), **policy}
         actor = self.context["request"].user
-        return update_deployment(actor=actor, deployment=instance, data=validated_data)
+        validate_policy(policy)
+        deployment = update_deployment(actor=actor, deployment=instance, data=validated_data)
+        return update_policy(actor=actor, deployment=deployment, values=policy)
 
 
 def resolve_customer(user, requested: str | None) -> Customer:
@@ -142,6 +269,133 @@ def resolve_customer(user, requested: str | None) -> Customer:
     raise serializers.ValidationError(
         {"customer": ["Your account belongs to several customers, so set customer to the name of one."]}
     )
+
+
+def decision_error_detail(error: ValueError) -> dict[str, list[str]]:
+    """Return a 400 body for a rejected failover decision, keyed by the field its message starts with."""
+    message = str(error)
+    field, separator, _rest = message.partition(": ")
+    return {field if separator and field in ("reason", "status") else "non_field_errors": [message]}
+
+
+def placement_totals(deployment: Deployment) -> tuple[int, int | None]:
+    """Return (placed, unmet) replicas of the current plan; unmet is None when no plan covers the deployment.
+
+    The viewset annotates them; a deployment just written by the services is read here instead.
+    """
+    if hasattr(deployment, "current_unmet"):
+        return deployment.current_placed or 0, deployment.current_unmet
+    outcome = DeploymentOutcome.objects.filter(plan=current_plan(), deployment=deployment).first()
+    if outcome is None:
+        return 0, None
+    return outcome.placed_replicas, outcome.unmet_replicas
+
+
+class FailoverRequestSerializer(serializers.ModelSerializer):
+    deployment_name = serializers.CharField(source="deployment.__str__", read_only=True, help_text="'customer/name'.")
+    clusters = serializers.SerializerMethodField(help_text="Names of the lost or recovered clusters.")
+
+    class Meta:
+        model = FailoverRequest
+        fields = [
+            "id",
+            "deployment",
+            "deployment_name",
+            "kind",
+            "status",
+            "clusters",
+            "replicas",
+            "reason",
+            "created_at",
+            "deadline",
+            "decided_by_label",
+            "decided_at",
+            "decision_reason",
+            "failed_back_at",
+        ]
+        read_only_fields = fields
+
+    def get_clusters(self, request) -> list[str]:
+        return sorted(cluster.name for cluster in request.clusters.all())
+
+
+class PlanPreviewRequestSerializer(serializers.Serializer):
+    """What-ifs for a dry-run plan; every name must exist."""
+
+    exclude_providers = serializers.ListField(
+        child=serializers.CharField(), required=False, default=list, help_text="Provider names treated as down."
+    )
+    exclude_regions = serializers.ListField(
+        child=serializers.CharField(),
+        required=False,
+        default=list,
+        help_text="Regions treated as down, as 'provider/code' keys or region codes.",
+    )
+    drain_clusters = serializers.ListField(
+        child=serializers.CharField(), required=False, default=list, help_text="Cluster names treated as draining."
+    )
+    cordon_clusters = serializers.ListField(
+        child=serializers.CharField(), required=False, default=list, help_text="Cluster names treated as cordoned."
+    )
+
+    def validate_exclude_providers(self, names):
+        return check_names(
+            names, set(Provider.objects.filter(name__in=names).values_list("name", flat=True)), "Provider"
+        )
+
+    def validate_exclude_regions(self, names):
+        known = set()
+        for provider, code in Region.objects.values_list("provider__name", "code"):
+            known |= {code, f"{provider}/{code}"}
+        return check_names(names, known, "Region")
+
+    def validate_drain_clusters(self, names):
+        return check_names(names, set(Cluster.objects.filter(name__in=names).values_list("name", flat=True)), "Cluster")
+
+    def validate_cordon_clusters(self, names):
+        return check_names(names, set(Cluster.objects.filter(name__in=names).values_list("name", flat=True)), "Cluster")
+
+    def validate(self, attrs):
+        both = sorted(set(attrs["drain_clusters"]) & set(attrs["cordon_clusters"]))
+        if both:
+            raise serializers.ValidationError(
+                {"cordon_clusters": [f"{both!r} also listed in drain_clusters; list each cluster once."]}
+            )
+        return attrs
+
+
+def check_names(names: list[str], known: set[str], label: str) -> list[str]:
+    missing = [name for name in names if name not in known]
+    if missing:
+        raise serializers.ValidationError([f"{label} {name!r} not found." for name in missing])
+    return sorted(set(names))
+
+
+class TierCountsSerializer(serializers.Serializer):
+    before = serializers.DictField(child=serializers.IntegerField(), help_text="Current plan, by tier.")
+    after = serializers.DictField(child=serializers.IntegerField(), help_text="Dry-run plan, by tier.")
+
+
+class BeforeAfterSerializer(serializers.Serializer):
+    before = serializers.IntegerField(allow_null=True, help_text="Current plan; null without one.")
+    after = serializers.IntegerField()
+
+
+class PlanPreviewSerializer(serializers.Serializer):
+    plan_id = serializers.IntegerField(help_text="The stored dry-run plan.")
+    plan_version = serializers.IntegerField()
+    current_plan_version = serializers.IntegerField(allow_null=True)
+    exclusions = serializers.DictField(child=serializers.ListField(child=serializers.CharField()))
+    replicas_added = serializers.IntegerField()
+    replicas_removed = serializers.IntegerField()
+    deployments_changed = serializers.IntegerField()
+    by_provider = serializers.DictField(child=serializers.IntegerField(), help_text="Net replica change by provider.")
+    by_region = serializers.DictField(
+        child=serializers.IntegerField(), help_text="Net replica change by 'provider/code'."
+    )
+    replicas_by_provider = serializers.DictField(child=serializers.DictField(child=serializers.IntegerField()))
+    unmet_replicas = BeforeAfterSerializer()
+    unmet_by_tier = TierCountsSerializer()
 
 
 class PlacementRowSerializer(serializers.Serializer):
@@ -208,6 +462,8 @@ class PlacementPlanSerializer(serializers.ModelSerializer):
 
 class DeploymentFilter(django_filters.FilterSet):
     customer_id = django_filters.NumberFilter()
+    condition = django_filters.ChoiceFilter(choices=DeploymentCondition.choices)
+    short = django_filters.BooleanFilter(method="filter_short", label="Short of replicas in the current plan")
     customer = django_filters.CharFilter(field_name="customer__name")
     tier = django_filters.ChoiceFilter(field_name="customer__tier", choices=Tier.choices)
     sku_id = django_filters.NumberFilter()
@@ -220,6 +476,20 @@ class DeploymentFilter(django_filters.FilterSet):
 
     def search(self, queryset, name, value):
         return queryset.filter(Q(name__icontains=value) | Q(customer__name__icontains=value))
+
+    def filter_short(self, queryset, name, value):
+        return queryset.filter(current_unmet__gt=0) if value else queryset.exclude(current_unmet__gt=0)
+
+
+class FailoverRequestFilter(django_filters.FilterSet):
+    status = django_filters.ChoiceFilter(choices=FailoverStatus.choices)
+    kind = django_filters.ChoiceFilter(choices=FailoverKind.choices)
+    deployment = django_filters.NumberFilter(field_name="deployment_id")
+    customer = django_filters.CharFilter(field_name="deployment__customer__name")
+
+    class Meta:
+        model = FailoverRequest
+        fields: list[str] = []
 
 
 class PlacementPlanFilter(django_filters.FilterSet):
@@ -247,7 +517,18 @@ class DeploymentViewSet(ModelViewSet):
     )
     serializer_class = DeploymentSerializer
     filterset_class = DeploymentFilter
-    ordering_fields = ["name", "created_at", "updated_at", "desired_replicas"]
+    ordering_fields = ["name", "created_at", "updated_at", "desired_replicas", "condition", "current_unmet"]
+
+    def get_queryset(self):
+        outcomes = DeploymentOutcome.objects.filter(plan=current_plan(), deployment=OuterRef("pk"))
+        return (
+            super()
+            .get_queryset()
+            .annotate(
+                current_placed=Subquery(outcomes.values("placed_replicas")[:1]),
+                current_unmet=Subquery(outcomes.values("unmet_replicas")[:1]),
+            )
+        )
 
     def perform_destroy(self, instance):
         delete_deployment(actor=self.request.user, deployment=instance)
@@ -281,3 +562,51 @@ class PlacementPlanViewSet(ReadOnlyViewSet):
     filterset_class = PlacementPlanFilter
     permission_classes = [IsAdminUser]
     ordering_fields = ["version", "created_at", "applied_at", "objective", "solve_seconds"]
+
+    @extend_schema(request=PlanPreviewRequestSerializer, responses=PlanPreviewSerializer)
+    @action(detail=False, methods=["post"], filter_backends=[], pagination_class=None)
+    def preview(self, request):
+        """Run a dry-run plan with what-ifs and return how it differs from the current plan; applies nothing."""
+        serializer = PlanPreviewRequestSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        what_ifs = serializer.validated_data
+        preview = run_operation(
+            operations.preview_replan,
+            actor=request.user,
+            exclude_providers=what_ifs["exclude_providers"],
+            exclude_regions=what_ifs["exclude_regions"],
+            drain_clusters=what_ifs["drain_clusters"],
+            cordon_clusters=what_ifs["cordon_clusters"],
+        )
+        return Response(preview)
+
+
+class FailoverRequestViewSet(ReadOnlyViewSet):
+    """Failover and failback requests. Customers read their deployments' ones; staff approve or reject."""
+
+    queryset = FailoverRequest.objects.select_related("deployment__customer").prefetch_related("clusters")
+    serializer_class = FailoverRequestSerializer
+    filterset_class = FailoverRequestFilter
+    ordering_fields = ["created_at", "deadline", "decided_at", "status"]
+
+    @extend_schema(request=ReasonSerializer, responses=FailoverRequestSerializer)
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser], filter_backends=[])
+    def approve(self, request, pk=None):
+        """Approve a pending request; the re-plan that carries out the move is enqueued. Staff only."""
+        return self.decide(request, failover.approve)
+
+    @extend_schema(request=ReasonSerializer, responses=FailoverRequestSerializer)
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser], filter_backends=[])
+    def reject(self, request, pk=None):
+        """Reject a pending request: the replicas stay where they are. Staff only."""
+        return self.decide(request, failover.reject)
+
+    def decide(self, request, decision):
+        failover_request = self.get_object()
+        reason = ReasonSerializer.read(request)
+        try:
+            decision(failover_request, actor=request.user, reason=reason)
+        except failover.FailoverDecisionError as error:
+            raise serializers.ValidationError(decision_error_detail(error)) from error
+        failover_request = self.get_queryset().get(pk=failover_request.pk)
+        return Response(self.get_serializer(failover_request).data)

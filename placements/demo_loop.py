@@ -26,7 +26,7 @@ from emulator import EmulatedCluster
 from fleet.clusters import register_cluster
 from fleet.models import Cluster, ClusterCapacity
 from fleet.skus import gpu_product_for_sku
-from fleet.telemetry import collect_cluster
+from fleet.telemetry import collect_many
 from placements.execution import execute_plan
 from placements.models import Assignment, PlacementPlan
 from placements.observation import executable_clusters, observe_clusters, open_adapters
@@ -74,12 +74,9 @@ def stop_emulated_fleet(emulated: list[EmulatedCluster]) -> None:
 
 
 def collect_all() -> int:
-    """Collect telemetry from every registered cluster; return the number read successfully."""
-    read_ok = 0
-    for cluster_id in executable_clusters().values_list("pk", flat=True):
-        snapshot = collect_cluster(cluster_id)
-        read_ok += snapshot.ok
-    return read_ok
+    """Collect telemetry from every registered cluster, concurrently; return the number read successfully."""
+    snapshots = collect_many(executable_clusters().values_list("pk", flat=True))
+    return sum(1 for snapshot in snapshots if snapshot.ok)
 
 
 @dataclass

@@ -12,6 +12,13 @@ the deployment reports at least the planned number of ready replicas. Writes tha
 never wait. The gate uses the fresh observation rather
 than the step's phase, so a phase guessed from a stale observation cannot deadlock or break it.
 
+Lost clusters (``fleet.availability``: under an open outage, or down) are left alone: their
+steps stay pending without an API call, are counted as ``waiting_for_cluster``, and do not time
+out, because failover planning handles the replicas there. The make-before-break gate ignores
+targets on lost clusters, so a plan that keeps replicas on a lost cluster (failover blocked or
+awaiting approval) does not hold back the deployment's scale-downs elsewhere. When the cluster
+is back, the next pass runs its steps, and their time-out counts from the recovery.
+
 No Kubernetes call runs inside a transaction: a step is claimed by a compare-and-set UPDATE of
 its attempt counter, the API is called, then the outcome is recorded in a short transaction.
 Every write is idempotent, so a second pass, or one after a crash half-way, changes nothing more.
@@ -23,6 +30,7 @@ one worker thread per cluster (``run_per_cluster``), then record the outcomes (d
 
 import logging
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -33,8 +41,9 @@ from django.db.models import F
 from django.utils import timezone
 
 from compliance.services import record_event
+from fleet.availability import covers, lost_cluster_ids
 from fleet.kube import ClusterAdapter, ClusterError, DesiredDeployment, ObservedDeployment
-from fleet.models import Cluster, TelemetrySnapshot
+from fleet.models import Cluster, Outage, TelemetrySnapshot
 from fleet.skus import gpu_product_for_sku
 from placements.models import (
     Assignment,
@@ -73,12 +82,15 @@ class ExecutionReport:
     failed: int = 0
     waiting: int = 0
     blocked: int = 0
+    # Pending steps on lost clusters, which the pass does not attempt.
+    waiting_for_cluster: int = 0
     within_timeout: bool = False
     retryable_error: ClusterError | None = None
 
     @property
     def done(self) -> bool:
-        return not self.current or self.pending == self.executed + self.failed
+        """Whether every step that can run now is settled; steps on lost clusters wait for their cluster."""
+        return not self.current or self.pending == self.executed + self.failed + self.waiting_for_cluster
 
     def as_dict(self) -> dict:
         data = {name: value for name, value in vars(self).items() if name != "retryable_error"}
@@ -87,11 +99,17 @@ class ExecutionReport:
         return data
 
 
-def plan_targets(plan: PlacementPlan) -> dict[int, dict[int, int]]:
-    """Return the plan's replicas per deployment and cluster, from its steps (0-replica steps left out)."""
+def plan_targets(plan: PlacementPlan, lost: Collection[int] = ()) -> dict[int, dict[int, int]]:
+    """Return the plan's replicas per deployment and cluster, from its steps.
+
+    Steps to 0 replicas and steps on the ``lost`` clusters are left out, so that make-before-break
+    waits only for replacements that can come up.
+    """
     targets: dict[int, dict[int, int]] = defaultdict(dict)
-    rows = ExecutionStep.objects.filter(plan=plan, desired_replicas__gt=0).values_list(
-        "deployment_id", "cluster_id", "desired_replicas"
+    rows = (
+        ExecutionStep.objects.filter(plan=plan, desired_replicas__gt=0)
+        .exclude(cluster_id__in=lost)
+        .values_list("deployment_id", "cluster_id", "desired_replicas")
     )
     for deployment_id, cluster_id, replicas in rows:
         targets[deployment_id][cluster_id] = replicas
@@ -278,6 +296,24 @@ def apply_writes(batch: list[ClusterWrite], adapter: ClusterAdapter) -> list[Wri
     return outcomes
 
 
+def recently_recovered(since: datetime) -> set[int]:
+    """Return the ids of the clusters that came back from being lost after ``since``.
+
+    A cluster came back when it became healthy again after being down (``healthy_since``), or
+    when an outage covering it was cleared.
+
+    TODO: a cluster whose operator state went from down back to active has no timestamp for it,
+    so it is missing here until the model records one.
+    """
+    recovered = set(Cluster.objects.filter(healthy_since__gt=since).values_list("pk", flat=True))
+    cleared = list(Outage.objects.filter(cleared_at__gt=since))
+    if cleared:
+        for cluster in Cluster.objects.select_related("region"):
+            if any(covers(outage, cluster) for outage in cleared):
+                recovered.add(cluster.pk)
+    return recovered
+
+
 def execute_plan(plan_id: int, *, now: datetime | None = None) -> ExecutionReport:
     """Prepare a plan's steps and run one execution pass; a plan that is no longer applied is left alone."""
     plan = PlacementPlan.objects.get(pk=plan_id)
@@ -294,23 +330,33 @@ def advance_plan(
     adapters: Adapters,
     *,
     observations: dict[int, ClusterObservation] | None = None,
+    lost: set[int] | None = None,
     now: datetime | None = None,
 ) -> ExecutionReport:
-    """Run one pass over the plan's pending steps, scale-ups first; see the module docstring."""
+    """Run one pass over the plan's pending steps, scale-ups first; see the module docstring.
+
+    ``lost`` defaults to ``fleet.availability.lost_cluster_ids()``; steps on those clusters are
+    not attempted.
+    """
     now = now or timezone.now()
     report = ExecutionReport(plan.pk, plan.version)
-    steps = list(
+    pending = list(
         ExecutionStep.objects.filter(plan=plan, status=StepStatus.PENDING).select_related(
             "deployment__customer", "cluster", "sku"
         )
     )
-    report.pending = len(steps)
-    if not steps:
+    report.pending = len(pending)
+    if not pending:
         return report
+    lost = lost_cluster_ids(now) if lost is None else lost
+    steps = [step for step in pending if step.cluster_id not in lost]
+    report.waiting_for_cluster = len(pending) - len(steps)
+    if report.waiting_for_cluster:
+        logger.info("plan v%s: %s steps wait for lost clusters", plan.version, report.waiting_for_cluster)
     observations = dict(observations or {})
     unobserved = {step.cluster_id: step.cluster for step in steps if step.cluster_id not in observations}
     observations.update(observe_clusters(unobserved.values(), adapters))
-    unready = unready_deployments(plan_targets(plan), observations)
+    unready = unready_deployments(plan_targets(plan, lost), observations)
     timeout = timedelta(seconds=settings.MCM_EXECUTION_TIMEOUT_S)
 
     steps.sort(key=lambda step: (step.phase != StepPhase.SCALE_UP, step.cluster_id, step.deployment_id))
@@ -328,8 +374,9 @@ def advance_plan(
     for (step, write), outcome in zip(claimed, outcomes, strict=True):
         record_outcome(step, write, outcome, report, now)
 
+    recovered = recently_recovered(now - timeout)
     for step in steps:
-        if step.status == StepStatus.PENDING and now - step.created_at < timeout:
+        if step.status == StepStatus.PENDING and (now - step.created_at < timeout or step.cluster_id in recovered):
             report.within_timeout = True
     logger.info("execution pass of plan v%s: %s", plan.version, report.as_dict())
     return report
@@ -485,14 +532,24 @@ def fail_step(step: ExecutionStep, message: str, now: datetime, *, action: str =
     return bool(updated)
 
 
-def fail_timed_out_steps(plan: PlacementPlan, now: datetime) -> list[ExecutionStep]:
-    """Fail the plan's steps pending for longer than ``MCM_EXECUTION_TIMEOUT_S``; returns those failed now."""
+def fail_timed_out_steps(plan: PlacementPlan, now: datetime, lost: set[int] | None = None) -> list[ExecutionStep]:
+    """Fail the plan's steps pending for longer than ``MCM_EXECUTION_TIMEOUT_S``; returns those failed now.
+
+    Steps on ``lost`` clusters (default: ``lost_cluster_ids()``) do not time out, and on a cluster
+    that came back from being lost the time-out counts from its recovery.
+    """
+    lost = lost_cluster_ids(now) if lost is None else lost
     cutoff = now - timedelta(seconds=settings.MCM_EXECUTION_TIMEOUT_S)
-    stale = ExecutionStep.objects.filter(plan=plan, status=StepStatus.PENDING, created_at__lt=cutoff).select_related(
-        "deployment__customer", "cluster", "sku"
+    stale = (
+        ExecutionStep.objects.filter(plan=plan, status=StepStatus.PENDING, created_at__lt=cutoff)
+        .exclude(cluster_id__in=lost)
+        .select_related("deployment__customer", "cluster", "sku")
     )
+    recovered = recently_recovered(cutoff)
     failed = []
     for step in stale:
+        if step.cluster_id in recovered:
+            continue
         message = (
             f"timed out: not converged within {settings.MCM_EXECUTION_TIMEOUT_S:g} s "
             f"(observed {step.observed_ready} of {step.desired_replicas} ready)"

@@ -1,9 +1,11 @@
 """Runs the global scheduler on the database's state and stores the result as a placement plan.
 
-Reads every deployment and schedulable cluster, solves (``placements.scheduler.solve``), and
-writes a ``PlacementPlan`` with its assignments, outcomes and audit event. Applying a plan holds a
-row lock on ``SchedulerLock`` from reading the inputs to committing the plan, so two runs never
-apply plans computed from the same state.
+Reads every deployment and cluster with its availability (``fleet.availability``), decides what
+to do with replicas on lost clusters (``placements.failover``), solves
+(``placements.scheduler.solve``), and writes a ``PlacementPlan`` with its assignments, outcomes
+and audit event. Applying a plan holds a row lock on ``SchedulerLock`` from reading the inputs to
+committing the plan and the deployments' conditions, so two runs never apply plans computed from
+the same state.
 """
 
 import dataclasses
@@ -12,6 +14,7 @@ import json
 import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from django.conf import settings
 from django.db import transaction
@@ -20,7 +23,9 @@ from django.utils import timezone
 
 from compliance.locks import locks_by_subject
 from compliance.services import record_event
-from fleet.models import Cluster, ClusterState, GpuSku
+from fleet.availability import Availability, cluster_availability
+from fleet.models import Cluster, GpuSku
+from placements import failover
 from placements.models import (
     TIER_ORDER,
     Assignment,
@@ -47,10 +52,19 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Exclusions:
-    """Providers and regions a dry run treats as down ("what if provider X goes down?")."""
+    """What a dry run pretends ("what if provider X goes down?", "what if I drain this cluster?").
+
+    Excluded providers and regions count as lost, like an outage. A drained cluster keeps no
+    replicas; a cordoned one keeps those it runs and takes no new ones. Clusters are named.
+    """
 
     providers: frozenset[str] = frozenset()
     regions: frozenset[str] = frozenset()  # region codes, or "provider/code" keys
+    drain_clusters: frozenset[str] = frozenset()
+    cordon_clusters: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return bool(self.providers or self.regions or self.drain_clusters or self.cordon_clusters)
 
     def excludes(self, cluster: Cluster) -> bool:
         region = cluster.region
@@ -61,7 +75,12 @@ class Exclusions:
         )
 
     def as_dict(self) -> dict[str, list[str]]:
-        return {"providers": sorted(self.providers), "regions": sorted(self.regions)}
+        return {
+            "providers": sorted(self.providers),
+            "regions": sorted(self.regions),
+            "drain_clusters": sorted(self.drain_clusters),
+            "cordon_clusters": sorted(self.cordon_clusters),
+        }
 
 
 @dataclass
@@ -83,12 +102,35 @@ def region_key(provider: str, code: str) -> str:
     return f"{provider}/{code}"
 
 
-def load_clusters(exclusions: Exclusions) -> list[ClusterInput]:
-    clusters = Cluster.objects.select_related("region__provider").prefetch_related("capacities__sku")
-    now = timezone.now()
+def load_clusters(
+    exclusions: Exclusions,
+    *,
+    availability: dict[int, Availability] | None = None,
+    now: datetime | None = None,
+) -> list[ClusterInput]:
+    """Read every cluster as the scheduler's input, with its availability at ``now``.
+
+    Only a cluster whose availability is schedulable, and that a dry run does not exclude, takes
+    new replicas. A holding cluster (cordoned, suspect, recovering) keeps the replicas it runs.
+    ``availability`` defaults to ``fleet.availability.cluster_availability`` at ``now``.
+    """
+    clusters = list(Cluster.objects.select_related("region__provider").prefetch_related("capacities__sku"))
+    now = now or timezone.now()
+    if availability is None:
+        availability = cluster_availability(clusters, now=now)
     result = []
     for cluster in clusters:
         region = cluster.region
+        state = availability.get(cluster.pk) or cluster_availability([cluster], now=now)[cluster.pk]
+        excluded = exclusions.excludes(cluster)
+        what_if = excluded or cluster.name in exclusions.drain_clusters or cluster.name in exclusions.cordon_clusters
+        holds, label = state.holds_current, state.reason
+        if excluded:
+            holds, label = False, "excluded"
+        elif cluster.name in exclusions.drain_clusters:
+            holds, label = False, "draining (what-if)"
+        elif cluster.name in exclusions.cordon_clusters:
+            holds, label = state.holds_current or state.schedulable, "cordoned (what-if)"
         # Capacity where replicas recently failed to become ready counts as full until avoid_until.
         free = {
             capacity.sku.name: 0 if capacity.avoid_until and capacity.avoid_until > now else capacity.free_gpus
@@ -107,8 +149,9 @@ def load_clusters(exclusions: Exclusions) -> list[ClusterInput]:
                 capabilities=frozenset(cluster.capabilities),
                 free_gpus=free,
                 price_per_gpu_hour=prices,
-                schedulable=cluster.state == ClusterState.ACTIVE and not exclusions.excludes(cluster),
-                state="excluded" if exclusions.excludes(cluster) else cluster.state,
+                schedulable=state.schedulable and not what_if,
+                holds_current=holds,
+                state=label,
             )
         )
     return result
@@ -150,12 +193,31 @@ def load_deployments() -> list[DeploymentInput]:
     return result
 
 
-def build_problem(exclusions: Exclusions = Exclusions()) -> ProblemInput:
-    return ProblemInput(
-        clusters=load_clusters(exclusions),
-        deployments=load_deployments(),
-        current=current_placement(),
+def build_problem(exclusions: Exclusions = Exclusions(), *, now: datetime | None = None) -> ProblemInput:
+    """Build the scheduler's input as a dry run would: failover decisions are made, nothing is written."""
+    problem, _decisions = prepare_problem(exclusions, write=False, now=now)
+    return problem
+
+
+def prepare_problem(
+    exclusions: Exclusions, *, write: bool, now: datetime | None = None
+) -> tuple[ProblemInput, failover.FailoverDecisions]:
+    """Build the scheduler's input with each deployment's failover decisions.
+
+    Clusters a dry run excludes count as lost, like clusters under an outage. ``write`` (only for
+    a run that applies its plan, under the scheduler lock) lets failover write its requests,
+    audit events and alerts.
+    """
+    now = now or timezone.now()
+    availability = cluster_availability(now=now)
+    clusters = load_clusters(exclusions, availability=availability, now=now)
+    lost = {pk for pk, state in availability.items() if state.lost}
+    lost |= {cluster.id for cluster in clusters if cluster.state == "excluded"}
+    current = current_placement()
+    deployments, decisions = failover.plan_failover(
+        clusters, load_deployments(), current, lost=lost, now=now, write=write
     )
+    return ProblemInput(clusters=clusters, deployments=deployments, current=current), decisions
 
 
 def digest_problem(problem: ProblemInput) -> str:
@@ -197,7 +259,7 @@ def run_plan(
     """
     options = options or default_options()
     if dry_run:
-        problem = build_problem(exclusions)
+        problem, decisions = prepare_problem(exclusions, write=False)
         result = solve(problem, options)
         with transaction.atomic():
             SchedulerLock.acquire()
@@ -209,13 +271,17 @@ def run_plan(
                 status=PlanStatus.DRY_RUN,
                 exclusions=exclusions,
                 options=options,
+                decisions=decisions,
             )
 
-    if exclusions.providers or exclusions.regions:
-        raise ValueError("exclusions are only for dry runs: declare an outage to take capacity away for real")
+    if exclusions:
+        raise ValueError(
+            "exclusions are only for dry runs: declare an outage, or cordon or drain a cluster, to do it for real"
+        )
     with transaction.atomic():
         SchedulerLock.acquire()
-        problem = build_problem(exclusions)
+        now = timezone.now()
+        problem, decisions = prepare_problem(exclusions, write=True, now=now)
         result = solve(problem, options)
         previous = current_plan()
         plan = store_plan(
@@ -226,10 +292,13 @@ def run_plan(
             status=PlanStatus.APPLIED,
             exclusions=exclusions,
             options=options,
+            decisions=decisions,
         )
         if previous is not None:
             previous.status = PlanStatus.SUPERSEDED
             previous.save(update_fields=["status"])
+        failover.record_failbacks(plan, decisions, now)
+        failover.update_conditions(plan, now)
     return plan
 
 
@@ -242,6 +311,7 @@ def store_plan(
     status: str,
     exclusions: Exclusions,
     options: SchedulerOptions,
+    decisions: failover.FailoverDecisions | None = None,
 ) -> PlacementPlan:
     """Insert the plan, its assignments and outcomes, and its audit event; the caller holds the lock."""
     version = (PlacementPlan.objects.aggregate(last=Max("version"))["last"] or 0) + 1
@@ -256,6 +326,7 @@ def store_plan(
             "gap_target": options.gap_target,
             "max_candidates": options.max_candidates,
             "candidates": result.candidates,
+            "failover": (decisions or failover.FailoverDecisions()).as_parameters(),
         },
         inputs_digest=digest_problem(problem),
         objective=result.objective,

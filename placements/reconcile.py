@@ -13,6 +13,15 @@ old could delete replicas that have just become the only ready ones. Then, for t
    deployment under a name MCM did not give once its replacements are ready;
 5. steps pending for longer than ``MCM_EXECUTION_TIMEOUT_S`` fail, and a re-plan is requested.
 
+Lost clusters (``fleet.availability.lost_cluster_ids``) are not read and nothing on them is
+repaired or removed, so a dead cluster costs no API time-outs. When a cluster stops being lost,
+the next run reads it again, and replicas the plan no longer places there are removed once the
+deployment's replacements are ready.
+
+A settled step whose pods stop being ready (drift ``not_ready``) counts as a loss of that
+deployment on that cluster (``placements.failover.record_loss``), once per episode: the episode
+ends when the pods are ready again.
+
 Every difference found is a ``DriftRecord``; a difference that persists unrepaired is recorded
 once, not on every run. Like an execution pass, repairs and stray removals are decided on the
 calling thread, written to all clusters concurrently, then recorded on the calling thread.
@@ -27,6 +36,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from compliance.services import record_event
+from fleet.availability import lost_cluster_ids
 from fleet.kube import ClusterError, ObservedDeployment
 from fleet.models import Cluster, ClusterCapacity
 from fleet.skus import gpu_product_for_sku
@@ -58,6 +68,7 @@ from placements.services import current_plan
 logger = logging.getLogger(__name__)
 
 ACTOR = "reconciler"
+NOT_READY = "not_ready"  # drift action: the cluster has the step's spec, but fewer pods are ready
 
 
 @dataclass
@@ -65,6 +76,7 @@ class ReconcileReport:
     plan_version: int | None = None
     clusters_observed: int = 0
     clusters_unreachable: list[str] = field(default_factory=list)
+    clusters_lost: list[str] = field(default_factory=list)
     steps_created: int = 0
     execution: dict = field(default_factory=dict)
     drift_recorded: int = 0
@@ -82,8 +94,11 @@ def reconcile(now: datetime | None = None) -> ReconcileReport:
     now = now or timezone.now()
     report = ReconcileReport()
     plan = current_plan()
+    lost = lost_cluster_ids(now)
+    clusters = list(executable_clusters())
+    report.clusters_lost = sorted(cluster.name for cluster in clusters if cluster.pk in lost)
     with open_adapters() as adapters:
-        observations = observe_clusters(list(executable_clusters()), adapters)
+        observations = observe_clusters([cluster for cluster in clusters if cluster.pk not in lost], adapters)
         report.clusters_observed = len(observations)
         report.clusters_unreachable = sorted(
             observation.cluster.name for observation in observations.values() if observation.error is not None
@@ -96,20 +111,21 @@ def reconcile(now: datetime | None = None) -> ReconcileReport:
             # Only steps settled before this run's pass are checked for drift; the pass itself
             # settles others from the same observations.
             settled = list(
-                ExecutionStep.objects.filter(
-                    plan=plan, status__in=[StepStatus.EXECUTED, StepStatus.FAILED]
-                ).select_related("deployment__customer", "cluster", "sku")
+                ExecutionStep.objects.filter(plan=plan, status__in=[StepStatus.EXECUTED, StepStatus.FAILED])
+                .exclude(cluster_id__in=lost)
+                .select_related("deployment__customer", "cluster", "sku")
             )
             known = set(ExecutionStep.objects.filter(plan=plan).values_list("deployment_id", "cluster_id"))
             report.steps_created = prepare_steps(plan, observations)
-            targets = plan_targets(plan)
+            targets = plan_targets(plan, lost)
             record_unplanned(observations, targets, known, report)
-            report.execution = advance_plan(plan, adapters, observations=observations, now=now).as_dict()
+            execution = advance_plan(plan, adapters, observations=observations, lost=lost, now=now)
+            report.execution = execution.as_dict()
             unready = unready_deployments(targets, observations)
         repair_clusters(settled, observations, unready, adapters, report)
 
     if plan is not None:
-        timed_out = fail_timed_out_steps(plan, now)
+        timed_out = fail_timed_out_steps(plan, now, lost)
         report.steps_timed_out = len(timed_out)
         if timed_out:
             report.replan_requested_for = request_replan(plan, timed_out, now)
@@ -125,9 +141,15 @@ def repair_clusters(
     report: ReconcileReport,
 ) -> None:
     """Repair the settled steps' drift and remove strays, writing to the clusters concurrently."""
+    not_ready = set(
+        DriftRecord.objects.filter(repaired_at__isnull=True, action=NOT_READY).values_list(
+            "cluster_id", "kubernetes_name"
+        )
+    )
     repairs = []
     for step in settled:
-        repair = plan_repair(step, observations.get(step.cluster_id), step.deployment_id not in unready, report)
+        observation = observations.get(step.cluster_id)
+        repair = plan_repair(step, observation, step.deployment_id not in unready, not_ready, report)
         if repair is not None:
             repairs.append(repair)
     removals = plan_stray_removals(observations, unready, report)
@@ -171,25 +193,32 @@ def plan_repair(
     step: ExecutionStep,
     observation: ClusterObservation | None,
     replacements_ready: bool,
+    not_ready: set[tuple[int, str]],
     report: ReconcileReport,
 ) -> Repair | None:
     """Return the repair a settled step's cluster needs, or None after recording why none is made now.
 
-    A failed step whose cluster converged becomes executed here.
+    A failed step whose cluster converged becomes executed here. ``not_ready`` contains the
+    (cluster id, Kubernetes name) pairs with an open ``not_ready`` drift record; a converged
+    step closes its record, so the next time its pods stop being ready counts as a new loss.
     """
     gpu_product = gpu_product_for_sku(step.sku.name)
     if observation is None or observation.error is not None or gpu_product is None:
         return None
     current = observation.deployments.get(step.deployment_id)
+    name = kubernetes_name(step.deployment)
     if is_converged(step, current, gpu_product):
         if step.status == StepStatus.FAILED:
             recover_step(step, current)
+        if (step.cluster_id, name) in not_ready:
+            close_not_ready(step.cluster, name)
         return None
 
-    name = kubernetes_name(step.deployment)
     if is_applied(step, current, gpu_product):
         # The spec is right but pods are not ready (lost capacity, a crash loop): nothing to re-apply.
-        record_drift(step.cluster, step.deployment, name, step.desired_replicas, current, "not_ready", report)
+        recorded = record_drift(step.cluster, step.deployment, name, step.desired_replicas, current, NOT_READY, report)
+        if recorded and step.status == StepStatus.EXECUTED:
+            count_loss(step)
         return None
     if current is not None and current.replicas > step.desired_replicas and not replacements_ready:
         record_drift(
@@ -197,6 +226,23 @@ def plan_repair(
         )
         return None
     return Repair(step, current, gpu_product, step_write(step, gpu_product))
+
+
+def close_not_ready(cluster: Cluster, name: str) -> None:
+    """Close the open ``not_ready`` records of a Deployment whose pods are all ready again."""
+    closed = DriftRecord.objects.filter(
+        cluster=cluster, kubernetes_name=name, action=NOT_READY, repaired_at__isnull=True
+    ).update(repaired_at=timezone.now())
+    if closed:
+        logger.info("%s on cluster %s is ready again", name, cluster.name)
+
+
+def count_loss(step: ExecutionStep) -> None:
+    """Record that an executed step's cluster lost ready replicas of its deployment."""
+    from placements.failover import record_loss  # imported here: the failover module imports the planner
+
+    record_loss(step.deployment_id, step.cluster_id)
+    logger.warning("cluster %s lost ready replicas of %s; loss recorded", step.cluster.name, step.deployment)
 
 
 def record_repair(repair: Repair, outcome: WriteOutcome, report: ReconcileReport) -> None:
@@ -293,8 +339,8 @@ def record_drift(
     report: ReconcileReport,
     *,
     repaired: bool = False,
-) -> None:
-    """Store a drift record, unless the same unrepaired difference is already on record.
+) -> bool:
+    """Store a drift record, unless the same unrepaired difference is already on record; returns whether it stored one.
 
     The same difference means the same desired and observed replicas and the same action. A
     repair also closes the earlier unrepaired records of that Deployment on that cluster.
@@ -309,7 +355,7 @@ def record_drift(
         # Ready counts move while pods start, so a change in them alone is not a new difference.
         same = open_records.filter(desired_replicas=desired, observed_replicas=replicas, action=action)
         if not repaired and same.exists():
-            return
+            return False
         if repaired:
             open_records.update(repaired_at=now)
         record = DriftRecord.objects.create(
@@ -335,6 +381,7 @@ def record_drift(
     logger.info(
         "drift on cluster %s: %s has %s/%s, desired %s: %s", cluster.name, name, ready, replicas, desired, action
     )
+    return True
 
 
 def request_replan(plan: PlacementPlan, timed_out: list[ExecutionStep], now: datetime) -> list[str]:

@@ -456,3 +456,25 @@ def deployment_explanation(deployment: Deployment) -> dict:
         "plan_version": plan.version if plan else None,
         "explanation": outcome.explanation if outcome else None,
     }
+
+
+def deployment_shortfall(deployment: Deployment) -> dict:
+    """Return how far the current plan falls short of a deployment's desired replicas, and its condition.
+
+    ``unmet_replicas`` is None when the current plan predates the deployment (or there is no plan),
+    because the scheduler has not considered it yet.
+    """
+    plan = current_plan()
+    outcome = None
+    if plan is not None:
+        outcome = DeploymentOutcome.objects.filter(plan=plan, deployment=deployment).first()
+    return {
+        "plan_version": plan.version if plan else None,
+        "tier": deployment.customer.tier,
+        "desired_replicas": deployment.desired_replicas,
+        "placed_replicas": outcome.placed_replicas if outcome else None,
+        "unmet_replicas": outcome.unmet_replicas if outcome else None,
+        "condition": deployment.condition,
+        "condition_reason": deployment.condition_reason,
+        "condition_since": deployment.condition_since,
+    }

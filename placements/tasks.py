@@ -12,7 +12,7 @@ from django.conf import settings
 from fleet import telemetry
 from fleet.kube import ClusterError
 from fleet.models import Cluster
-from placements import execution, reconcile
+from placements import execution, failover, reconcile
 from tasks.runs import recorded_run
 
 logger = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ def execute_plan(self, plan_id: int) -> dict:
     Only retryable cluster errors are raised for Celery to retry: non-retryable ones have already
     failed their steps with an audit event. Retries stop by themselves, because a step fails for
     good after ``MCM_EXECUTION_MAX_ATTEMPTS``. Polling stops once every pending step is older
-    than ``MCM_EXECUTION_TIMEOUT_S``; the reconciler takes over from there.
+    than ``MCM_EXECUTION_TIMEOUT_S``, or waits for a lost cluster; the reconciler takes over from there.
     """
     with recorded_run("execute_plan", self.request.id or "") as set_summary:
         report = execution.execute_plan(plan_id)
@@ -89,3 +89,16 @@ def reconcile_clusters(self) -> dict:
         report = reconcile.reconcile()
         set_summary(report.as_dict())
     return report.as_dict()
+
+
+# No retry: the schedule runs it again within one interval.
+@shared_task(bind=True, name="placements.expire_failover_requests", acks_late=True)
+def expire_failover_requests(self) -> int:
+    """Let failovers undecided past their emergency time-out proceed; returns how many did.
+
+    ``placements.failover.expire_requests`` enqueues the re-plan on commit when any did.
+    """
+    with recorded_run("expire_failover_requests", self.request.id or "") as set_summary:
+        expired = failover.expire_requests()
+        set_summary({"timed_out": expired})
+    return expired

@@ -1,9 +1,16 @@
 """Candidate (cluster, SKU) pairs per deployment: the hard filters, the costs and the pruning.
 
 Each deployment's pairs pass every hard filter: the cluster is schedulable, it complies with every
-lock, the SKU is one the deployment accepts, and at least one replica fits in its free GPUs. The
-clusters that fail are grouped by reason, with a count and a few names, so that an explanation
-stays small at 1,000 clusters x 10,000 deployments.
+lock, the SKU is one the deployment accepts, the cluster is not in the deployment's
+``excluded_clusters``, and at least one replica fits in its free GPUs. The clusters that fail are
+grouped by reason, with a count and a few names, so that an explanation stays small at 1,000
+clusters x 10,000 deployments.
+
+A held candidate keeps replicas that run now on a cluster that is not schedulable: one with
+``holds_current`` set, or one in the deployment's ``hold_clusters``. There is one per (cluster, SKU)
+in ``ProblemInput.current``, when that pair passes the deployment's locks, SKUs and exclusions. It
+may keep at most the replicas running there (``Candidate.held``) and takes nothing from the
+cluster's free GPUs, which are unknown or not for new replicas, so no capacity row counts it.
 """
 
 from collections import defaultdict
@@ -13,13 +20,16 @@ import numpy as np
 
 from . import locks as lock_rules
 from .costs import (
+    PENALISED_CLUSTER_PER_GPU,
     ReplicaCost,
     latency_cost_per_gpu,
     preference_cost_per_gpu,
     price_cost_per_gpu,
+    replica_cost,
     weighted_rtt_ms_array,
 )
 from .problem import ClusterInput, DeploymentInput, LockInput, ProblemInput, SchedulerOptions
+from .spread import check_spread_mode, spread_caps
 
 # Cluster names listed per rejection reason; the count covers the rest.
 SAMPLE_NAMES = 10
@@ -29,6 +39,7 @@ WRONG_SKU = "wrong_sku"
 NOT_SCHEDULABLE = "not_schedulable"
 FULL = "full"
 PRUNED = "pruned"
+EXCLUDED = "excluded"
 
 
 @dataclass(frozen=True)
@@ -36,8 +47,10 @@ class Candidate:
     cluster: int  # index into ProblemInput.clusters
     cluster_id: int
     sku: str
-    free_gpus: int
+    free_gpus: int  # for a held candidate, the GPUs of its running replicas
     cost: ReplicaCost  # per replica
+    # Replicas running on this pair that a held candidate may keep; 0 for a candidate with free GPUs.
+    held: int = 0
 
 
 @dataclass
@@ -48,6 +61,7 @@ class RejectionGroup:
     message: str
     count: int
     clusters: list[str]
+    members: np.ndarray | None = field(default=None, repr=False)  # mask over the cluster table
 
     def as_dict(self) -> dict:
         return {"reason": self.reason, "message": self.message, "count": self.count, "clusters": self.clusters}
@@ -72,6 +86,8 @@ class ClusterTable:
         self.latitudes = np.array([cluster.latitude for cluster in clusters], dtype=float)
         self.longitudes = np.array([cluster.longitude for cluster in clusters], dtype=float)
         self.schedulable = np.array([cluster.schedulable for cluster in clusters], dtype=bool)
+        self.holds_current = np.array([cluster.holds_current for cluster in clusters], dtype=bool)
+        self.id_array = np.array(self.cluster_ids, dtype=np.int64)
         self.states = np.array([cluster.state for cluster in clusters], dtype=object)
         self.regions = np.array([cluster.region for cluster in clusters], dtype=object)
         self.providers = np.array([cluster.provider for cluster in clusters], dtype=object)
@@ -128,7 +144,20 @@ def _outside(values: np.ndarray, allowed: frozenset[str] | None) -> np.ndarray:
 def _group(reason: str, message: str, mask: np.ndarray, table: ClusterTable) -> RejectionGroup:
     indices = np.flatnonzero(mask)
     names = [str(name) for name in table.names[indices[:SAMPLE_NAMES]]]
-    return RejectionGroup(reason=reason, message=message, count=len(indices), clusters=names)
+    return RejectionGroup(reason=reason, message=message, count=len(indices), clusters=names, members=mask)
+
+
+def _without(groups: list[RejectionGroup], dropped: np.ndarray, table: ClusterTable) -> list[RejectionGroup]:
+    """Return ``groups`` without the clusters of the mask ``dropped``; groups left empty go."""
+    result = []
+    for group in groups:
+        if group.members is None or not (group.members & dropped).any():
+            result.append(group)
+            continue
+        members = group.members & ~dropped
+        if members.any():
+            result.append(_group(group.reason, group.message, members, table))
+    return result
 
 
 def filter_clusters(
@@ -190,6 +219,7 @@ class PairCosts:
     latency: np.ndarray  # per replica, like the other cost arrays
     preference: np.ndarray
     price: np.ndarray
+    penalty: np.ndarray
     price_per_gpu_hour: np.ndarray
     ranks: np.ndarray  # 0-based preference rank per pair, -1 for an unlisted region
     cluster_ids: list[int]  # cluster id by cluster index
@@ -203,6 +233,7 @@ class PairCosts:
             latency=float(self.latency[position]),
             preference=float(self.preference[position]),
             price=float(self.price[position]),
+            penalty=float(self.penalty[position]),
         )
         sku = self.sku_names[int(self.sku_numbers[position])]
         cluster = int(self.clusters[position])
@@ -236,6 +267,30 @@ def feasible_pairs(deployment: DeploymentInput, table: ClusterTable) -> Feasible
     return FeasiblePairs(clusters, sku_numbers, sku_names, free, price.astype(float), unique, position, rejections)
 
 
+def exclude_clusters(deployment: DeploymentInput, feasible: FeasiblePairs, table: ClusterTable) -> FeasiblePairs:
+    """Return ``feasible`` without the pairs on the deployment's ``excluded_clusters``, which get their own group."""
+    excluded = np.isin(table.id_array[feasible.clusters], list(deployment.excluded_clusters))
+    if not excluded.any():
+        return feasible
+    mask = np.zeros(len(table.clusters), dtype=bool)
+    mask[feasible.clusters[excluded]] = True
+    message = "excluded for this deployment: its replicas return there only once the failback is approved"
+    rejections = [*feasible.rejections, _group(EXCLUDED, message, mask, table)]
+    keep = ~excluded
+    clusters = feasible.clusters[keep]
+    unique, position = np.unique(clusters, return_inverse=True)
+    return FeasiblePairs(
+        clusters,
+        feasible.sku_numbers[keep],
+        feasible.sku_names,
+        feasible.free_gpus[keep],
+        feasible.price_per_gpu_hour[keep],
+        unique,
+        position,
+        rejections,
+    )
+
+
 def cost_pairs(deployment: DeploymentInput, feasible: FeasiblePairs, table: ClusterTable) -> PairCosts:
     """Return the per-replica cost of every feasible (cluster, SKU) pair, cheapest first."""
     gpus = deployment.gpus_per_replica
@@ -256,7 +311,11 @@ def cost_pairs(deployment: DeploymentInput, feasible: FeasiblePairs, table: Clus
     regions = table.region_numbers[clusters]
     preference = preference_by_region[regions]
     price = gpus * price_cost_per_gpu(feasible.price_per_gpu_hour)
-    order = np.lexsort((clusters, latency + preference + price))  # cheapest first, ties by cluster index
+    penalty = np.zeros(len(clusters))
+    if deployment.penalised_clusters:
+        penalised = np.isin(table.id_array[clusters], list(deployment.penalised_clusters))
+        penalty[penalised] = gpus * PENALISED_CLUSTER_PER_GPU
+    order = np.lexsort((clusters, latency + preference + price + penalty))  # cheapest first, ties by cluster index
     return PairCosts(
         clusters=clusters[order],
         sku_numbers=feasible.sku_numbers[order],
@@ -266,6 +325,7 @@ def cost_pairs(deployment: DeploymentInput, feasible: FeasiblePairs, table: Clus
         latency=latency[order],
         preference=preference[order],
         price=price[order],
+        penalty=penalty[order],
         price_per_gpu_hour=feasible.price_per_gpu_hour[order],
         ranks=rank_by_region[regions][order],
         cluster_ids=table.cluster_ids,
@@ -327,21 +387,31 @@ def prune_pairs(
 def build_candidates(
     problem: ProblemInput, options: SchedulerOptions
 ) -> tuple[ClusterTable, list[DeploymentCandidates]]:
-    """Return the cluster table and, for each deployment in order, its kept candidates and rejections."""
+    """Return the cluster table and, for each deployment in order, its kept candidates and rejections.
+
+    Raises ValueError for a deployment whose ``spread`` is not a known mode.
+    """
     table = ClusterTable(problem.clusters)
     running: dict[int, set[int]] = defaultdict(set)
-    for (deployment_id, cluster_id, _sku), replicas in problem.current.items():
-        if replicas > 0 and cluster_id in table.index_by_id:
-            running[deployment_id].add(table.index_by_id[cluster_id])
+    stopped_pairs: dict[int, list[tuple[int, str, int]]] = defaultdict(list)
+    for (deployment_id, cluster_id, sku), replicas in problem.current.items():
+        index = table.index_by_id.get(cluster_id)
+        if replicas > 0 and index is not None:
+            running[deployment_id].add(index)
+            if not table.schedulable[index]:
+                stopped_pairs[deployment_id].append((index, sku, replicas))
 
     # Deployments with the same locks, SKUs and GPUs per replica pass the same filters.
     filtered: dict[tuple, FeasiblePairs] = {}
     result = []
     for deployment in problem.deployments:
+        check_spread_mode(deployment)
         signature = (deployment.locks, deployment.skus, deployment.gpus_per_replica)
         if signature not in filtered:
             filtered[signature] = feasible_pairs(deployment, table)
         feasible = filtered[signature]
+        if deployment.excluded_clusters:
+            feasible = exclude_clusters(deployment, feasible, table)
         rejections = list(feasible.rejections)
         pairs = one_sku_per_cluster(deployment, cost_pairs(deployment, feasible, table))
         kept_positions = prune_pairs(deployment, pairs, running[deployment.id], options.max_candidates, table)
@@ -352,8 +422,41 @@ def build_candidates(
             mask[[candidate.cluster for candidate in kept]] = False
             message = f"farther / costlier than the {len(kept)} candidates considered"
             rejections.append(_group(PRUNED, message, mask, table))
-        result.append(DeploymentCandidates(deployment, kept, rejections, feasible_pairs=len(pairs.clusters)))
+
+        held = held_candidates(deployment, stopped_pairs.get(deployment.id, ()), table)
+        if held:
+            # Held candidates are never pruned. Their clusters leave the not-schedulable group.
+            kept = sorted([*kept, *held], key=lambda candidate: candidate.cost.total)
+            dropped = np.zeros(len(table.clusters), dtype=bool)
+            dropped[[candidate.cluster for candidate in held]] = True
+            rejections = _without(rejections, dropped, table)
+        feasible_count = len(pairs.clusters) + len(held)
+        result.append(DeploymentCandidates(deployment, kept, rejections, feasible_pairs=feasible_count))
     return table, result
+
+
+def held_candidates(
+    deployment: DeploymentInput, stopped_pairs: list[tuple[int, str, int]], table: ClusterTable
+) -> list[Candidate]:
+    """Return the held candidates of ``deployment``, cheapest first.
+
+    ``stopped_pairs`` lists (cluster index, SKU, running replicas) for the deployment's replicas on
+    clusters that are not schedulable. A pair is held when its cluster has ``holds_current`` set or
+    is in the deployment's ``hold_clusters``, is not in its ``excluded_clusters``, complies with
+    every lock, and the SKU is one the deployment accepts.
+    """
+    held = []
+    for index, sku, replicas in stopped_pairs:
+        cluster = table.clusters[index]
+        if not (cluster.holds_current or cluster.id in deployment.hold_clusters):
+            continue
+        if cluster.id in deployment.excluded_clusters or sku not in deployment.skus:
+            continue
+        if any(lock_rules.lock_violation_kind(lock, cluster) for lock in deployment.locks):
+            continue
+        cost = replica_cost(deployment, cluster, sku)
+        held.append(Candidate(index, cluster.id, sku, replicas * deployment.gpus_per_replica, cost, held=replicas))
+    return sorted(held, key=lambda candidate: (candidate.cost.total, candidate.cluster))
 
 
 def one_sku_per_cluster(deployment: DeploymentInput, pairs: PairCosts) -> PairCosts:
@@ -361,14 +464,14 @@ def one_sku_per_cluster(deployment: DeploymentInput, pairs: PairCosts) -> PairCo
 
     A deployment is one Kubernetes Deployment per cluster, with one GPU node selector, so its
     replicas in one cluster must all use the same SKU. The rule keeps the cheapest SKU with room
-    for all but one of the deployment's replicas (the spread rule's maximum), or failing that the
-    SKU with the most room. It runs before pruning and does not look at where the deployment runs
+    for the most replicas its spread rule lets one cluster hold, or failing that the SKU with the
+    most room. It runs before pruning and does not look at where the deployment runs
     now, so re-planning an unchanged input keeps the same candidates.
     NOTE: a plan may switch a deployment's SKU within a cluster when capacity changes. The pods are
     then replaced in place, without make-before-break inside that cluster.
     """
     gpus = deployment.gpus_per_replica
-    max_per_cluster = max(deployment.replicas - 1, 1)
+    max_per_cluster = max(spread_caps(deployment).cluster, 1)
     best: dict[int, int] = {}  # cluster index -> position of its kept pair
     for position in range(len(pairs.clusters)):  # cheapest first
         cluster = int(pairs.clusters[position])
@@ -391,6 +494,7 @@ def one_sku_per_cluster(deployment: DeploymentInput, pairs: PairCosts) -> PairCo
         latency=pairs.latency[keep],
         preference=pairs.preference[keep],
         price=pairs.price[keep],
+        penalty=pairs.penalty[keep],
         price_per_gpu_hour=pairs.price_per_gpu_hour[keep],
         ranks=pairs.ranks[keep],
         cluster_ids=pairs.cluster_ids,

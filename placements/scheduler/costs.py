@@ -8,15 +8,26 @@ same capacity:
 - preference: listed region of rank r (0 is the most preferred) in a list of L costs r / L, an
   unlisted region costs 1, so it comes after every listed one; 0 for all without a list;
 - price: 1 unit per USD 4 per GPU-hour, capped at 4 (a SKU without a price costs 0);
-- churn: 1 unit for each running replica that the plan removes from a (cluster, SKU);
+- penalty: PENALISED_CLUSTER_PER_GPU on a cluster in the deployment's ``penalised_clusters``;
+- churn: 1 unit for each running replica that the plan removes from a (cluster, SKU), 0 for a
+  deployment with ``churn_free`` set;
 - unmet: TIER_GAP_PER_GPU x (1 + lowest tier rank - tier rank) for each replica not placed.
 
-A placement therefore costs at most MAX_PLACEMENT_COST_PER_GPU per GPU, including the churn it can
-cause. Tier penalties are TIER_GAP_PER_GPU apart, which is more than that maximum, so serving one
-more GPU of a higher tier always beats serving, or keeping, one GPU of a lower tier, and every
-tier's penalty beats any placement cost. Keeping the ratio of the largest to the smallest
-coefficient near 100 keeps HiGHS's branch and bound well conditioned: penalties of 1e3-1e5 beside
-costs of 10-1,000 made it stall.
+A placement on a cluster that is not penalised therefore costs at most MAX_PLACEMENT_COST_PER_GPU
+per GPU, including the churn it can cause. Tier penalties are TIER_GAP_PER_GPU apart, which is more
+than that maximum, so serving one more GPU of a higher tier always beats serving, or keeping, one
+GPU of a lower tier, and every tier's penalty beats any placement cost. Keeping the ratio of the
+largest to the smallest coefficient near 100 keeps HiGHS's branch and bound well conditioned:
+penalties of 1e3-1e5 beside costs of 10-1,000 made it stall.
+
+The penalty equals the largest latency + preference + price cost a placement can have (9 per GPU).
+A penalised pair therefore never costs less than any pair that is not penalised, so a penalised
+cluster gets replicas only when no other candidate has room or the spread rule needs it (or at a
+tie, when every cost of the other pair is at its cap). A running replica leaves a penalised
+cluster for any pair that costs less than its current pair plus 8 per GPU (the penalty minus the
+churn). A penalised placement with the churn it causes costs at most 9 + 9 + 1 = 19 per GPU, still
+less than TIER_GAP_PER_GPU (20), so the tier order above holds on penalised clusters too and an
+unmet replica always costs more than a penalised placement.
 """
 
 from dataclasses import dataclass
@@ -33,8 +44,11 @@ PRICE_CAP = 4.0
 PREFERENCE_WEIGHT = 1.0
 UNLISTED_REGION_PREFERENCE = 1.0
 CHURN_PER_GPU = 1.0
-MAX_PLACEMENT_COST_PER_GPU = LATENCY_CAP + PREFERENCE_WEIGHT * UNLISTED_REGION_PREFERENCE + PRICE_CAP + CHURN_PER_GPU
+# The largest latency + preference + price cost of one GPU.
+MAX_PAIR_COST_PER_GPU = LATENCY_CAP + PREFERENCE_WEIGHT * UNLISTED_REGION_PREFERENCE + PRICE_CAP
+MAX_PLACEMENT_COST_PER_GPU = MAX_PAIR_COST_PER_GPU + CHURN_PER_GPU
 TIER_GAP_PER_GPU = 2.0 * MAX_PLACEMENT_COST_PER_GPU
+PENALISED_CLUSTER_PER_GPU = MAX_PAIR_COST_PER_GPU
 
 
 @dataclass(frozen=True)
@@ -47,10 +61,11 @@ class ReplicaCost:
     latency: float
     preference: float
     price: float
+    penalty: float = 0.0  # on a cluster that lost the deployment's replicas repeatedly
 
     @property
     def total(self) -> float:
-        return self.latency + self.preference + self.price
+        return self.latency + self.preference + self.price + self.penalty
 
 
 def weighted_rtt_ms(deployment: DeploymentInput, latitude: float, longitude: float) -> float:
@@ -117,11 +132,24 @@ def replica_cost(deployment: DeploymentInput, cluster: ClusterInput, sku: str) -
         latency=gpus * float(latency_cost_per_gpu(rtt)),
         preference=gpus * preference_cost_per_gpu(deployment, rank),
         price=gpus * float(price_cost_per_gpu(price)),
+        penalty=penalty_per_replica(deployment, cluster.id),
     )
 
 
+def penalty_per_replica(deployment: DeploymentInput, cluster_id: int) -> float:
+    """Return the extra cost of one replica of ``deployment`` on the cluster ``cluster_id``."""
+    if cluster_id in deployment.penalised_clusters:
+        return PENALISED_CLUSTER_PER_GPU * deployment.gpus_per_replica
+    return 0.0
+
+
 def churn_cost_per_replica(deployment: DeploymentInput) -> float:
-    """Return the cost of removing one running replica of ``deployment`` from where it runs."""
+    """Return the cost of removing one running replica of ``deployment`` from where it runs.
+
+    It is 0 for a deployment with ``churn_free`` set (a failback).
+    """
+    if deployment.churn_free:
+        return 0.0
     return CHURN_PER_GPU * deployment.gpus_per_replica
 
 

@@ -5,16 +5,20 @@ Format, per deployment id::
     {
       "deployment": "acme/chat", "tier": "gold", "desired": 4, "placed": 4, "unmet": 0,
       "chosen": [{"cluster": "aws-use1-a", "sku": "H100", "replicas": 2, "rtt_ms": 12.3,
-                  "preference_rank": 0, "price_per_gpu_hour": 2.5, "running_now": 2,
+                  "preference_rank": 0, "price_per_gpu_hour": 2.5, "running_now": 2, "held": False,
                   "why": "nearest to its users (12 ms); preferred region #1; USD 2.50/GPU-hour"}],
       "not_chosen": [{"reason": "locked_out", "message": "locked out by ...", "count": 412,
                       "clusters": ["gcp-euw4-a", ...]}],
     }
 
-``preference_rank`` is 0-based and None for an unlisted region. Each other cluster is counted once,
-under one reason. The candidate filter gives locked_out, wrong_sku, not_schedulable, full or pruned.
-A candidate that the plan left unused gets full (taken by other placements), spread (using it would
-break the spread rule), farther, lower_preference or costlier. Each group lists at most
+``preference_rank`` is 0-based and None for an unlisted region. ``held`` is True for replicas kept
+on a cluster that is not schedulable (cordoned, suspect, recovering, or lost for a deployment that
+keeps its replicas there), whose ``why`` names the cluster's state. Each other cluster is counted once,
+under one reason. The candidate filter gives locked_out, wrong_sku, not_schedulable, full, excluded
+(the deployment may not use it now) or pruned. A candidate that the plan left unused gets full
+(taken by other placements), spread (using it would break the spread rule), released (a held
+cluster whose running replicas the plan does not keep), penalised (it lost the deployment's
+replicas repeatedly), farther, lower_preference or costlier. Each group lists at most
 ``SAMPLE_NAMES`` cluster names; ``count`` covers all of them.
 """
 
@@ -27,6 +31,9 @@ FARTHER = "farther"
 LOWER_PREFERENCE = "lower_preference"
 COSTLIER = "costlier"
 SPREAD = "spread"
+RELEASED = "released"
+PENALISED = "penalised"
+REPEATED_LOSSES = "deprioritised: it lost this deployment's replicas repeatedly"
 RTT_TOLERANCE_MS = 0.5  # RTT differences below this are treated as equal
 
 
@@ -41,6 +48,8 @@ def remaining_gpus(
     remaining = {}
     for entry in candidates:
         for cand in entry.candidates:
+            if cand.held:  # a held pair takes no free GPUs
+                continue
             pair = (cand.cluster, cand.sku)
             remaining[pair] = cand.free_gpus - used[pair]
     return remaining
@@ -85,6 +94,10 @@ def explain_deployment(
     for cand, replicas in used_pairs:
         cluster = table.clusters[cand.cluster]
         why = _why_chosen(cand, nearest, cheapest, bool(deployment.region_preference), bool(deployment.origins))
+        if cand.held:
+            why = f"kept where it runs on a {cluster.state} cluster, which takes no new replicas; {why}"
+        if cluster.id in deployment.penalised_clusters:
+            why = f"{why}; {REPEATED_LOSSES}"
         chosen.append(
             {
                 "cluster": cluster.name,
@@ -94,6 +107,7 @@ def explain_deployment(
                 "preference_rank": cand.cost.preference_rank,
                 "price_per_gpu_hour": cand.cost.price_per_gpu_hour,
                 "running_now": problem.current.get((deployment.id, cluster.id, cand.sku), 0),
+                "held": bool(cand.held),
                 "why": why,
             }
         )
@@ -128,7 +142,7 @@ def _unused_candidate_groups(table, entry, used_pairs, remaining, unmet) -> list
         if cand.cluster in used_clusters:
             continue
         best_by_cluster.setdefault(cand.cluster, cand)
-        has_room[cand.cluster] |= remaining[cand.cluster, cand.sku] >= gpus
+        has_room[cand.cluster] |= bool(cand.held) or remaining[cand.cluster, cand.sku] >= gpus
 
     by_reason: dict[str, list[int]] = defaultdict(list)
     for cluster, cand in best_by_cluster.items():
@@ -136,6 +150,10 @@ def _unused_candidate_groups(table, entry, used_pairs, remaining, unmet) -> list
             reason = FULL
         elif unmet > 0:
             reason = SPREAD
+        elif cand.held:
+            reason = RELEASED
+        elif cand.cluster_id in deployment.penalised_clusters:
+            reason = PENALISED
         elif cand.cost.rtt_ms > farthest_rtt + RTT_TOLERANCE_MS:
             reason = FARTHER
         elif _rank_order(cand.cost.preference_rank) > worst_rank:
@@ -147,6 +165,9 @@ def _unused_candidate_groups(table, entry, used_pairs, remaining, unmet) -> list
     messages = {
         FULL: "full: its free GPUs went to other placements",
         SPREAD: "unused: it cannot be added without breaking the spread rule",
+        RELEASED: "not kept: the cluster takes no new replicas, and the plan places its running ones elsewhere "
+        "or needs fewer",
+        PENALISED: f"unused, {REPEATED_LOSSES}",
         FARTHER: f"farther from its users than the chosen clusters (they are within {farthest_rtt:.0f} ms)",
         LOWER_PREFERENCE: "lower in its region preference than the chosen clusters",
         COSTLIER: "costlier overall (price, latency and preference) than the chosen clusters",

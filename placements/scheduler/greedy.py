@@ -9,36 +9,12 @@ from collections import defaultdict
 from .candidates import ClusterTable, DeploymentCandidates
 from .costs import churn_cost_per_replica, lowest_tier_rank, replica_cost, unmet_penalty_per_replica
 from .locks import lock_violation
-from .problem import ClusterInput, DeploymentInput, PlacementKey, ProblemInput
+from .problem import SPREAD_FULL, ClusterInput, DeploymentInput, PlacementKey, ProblemInput
+from .spread import spread_caps, spread_violation
 
-OBJECTIVE_TERMS = ("latency", "preference", "price", "churn", "unmet")
+__all__ = ["check_plan", "evaluate", "greedy_place", "placed_replicas", "spread_violation"]
 
-
-def spread_violation(
-    deployment: DeploymentInput, replicas_by_cluster: dict[int, int], clusters: dict[int, ClusterInput]
-) -> str | None:
-    """Return why a deployment's placed replicas break its spread rule, or None.
-
-    A deployment with two or more desired replicas must not have all placed replicas in one cluster,
-    so placing exactly one is a violation too. It must also span at least ``min_providers``
-    providers and ``min_regions`` regions. Placing nothing never violates.
-    ``replicas_by_cluster`` is keyed by cluster id.
-    """
-    placed = sum(replicas_by_cluster.values())
-    if deployment.replicas < 2 or placed == 0:
-        return None
-    largest = max(replicas_by_cluster.values())
-    if largest >= placed:
-        return f"{deployment.name}: all {placed} placed replicas are in one cluster"
-
-    used = [cluster_id for cluster_id, replicas in replicas_by_cluster.items() if replicas > 0]
-    providers = {clusters[cluster_id].provider for cluster_id in used}
-    if len(providers) < deployment.min_providers:
-        return f"{deployment.name}: {len(providers)} providers used, {deployment.min_providers} required"
-    regions = {clusters[cluster_id].region for cluster_id in used}
-    if len(regions) < deployment.min_regions:
-        return f"{deployment.name}: {len(regions)} regions used, {deployment.min_regions} required"
-    return None
+OBJECTIVE_TERMS = ("latency", "preference", "price", "penalty", "churn", "unmet")
 
 
 def placed_replicas(assignments: dict[PlacementKey, int]) -> dict[int, int]:
@@ -67,6 +43,7 @@ def evaluate(problem: ProblemInput, assignments: dict[PlacementKey, int]) -> tup
         terms["latency"] += replicas * cost.latency
         terms["preference"] += replicas * cost.preference
         terms["price"] += replicas * cost.price
+        terms["penalty"] += replicas * cost.penalty
 
     for key, running in problem.current.items():
         deployment = deployments.get(key[0])
@@ -84,7 +61,12 @@ def evaluate(problem: ProblemInput, assignments: dict[PlacementKey, int]) -> tup
 
 
 def check_plan(problem: ProblemInput, assignments: dict[PlacementKey, int]) -> list[str]:
-    """Return every hard-constraint violation in a plan: capacity, locks, SKU fit, schedulability, spread."""
+    """Return every hard-constraint violation in a plan: capacity, locks, SKU fit, schedulability, spread.
+
+    Replicas on a cluster that is not schedulable are valid only on a held pair (see
+    ``placements.scheduler.candidates``), and at most as many as run there now. Held pairs take no
+    free GPUs, so the capacity check leaves them out.
+    """
     deployments = {deployment.id: deployment for deployment in problem.deployments}
     clusters = {cluster.id: cluster for cluster in problem.clusters}
     violations = []
@@ -105,13 +87,18 @@ def check_plan(problem: ProblemInput, assignments: dict[PlacementKey, int]) -> l
             continue
         if sku not in deployment.skus:
             violations.append(f"{deployment.name} on {cluster.name}: SKU {sku} is not one of {deployment.skus}")
+        if cluster_id in deployment.excluded_clusters:
+            violations.append(f"{deployment.name} on {cluster.name}: cluster is excluded for this deployment")
         if not cluster.schedulable:
-            violations.append(f"{deployment.name} on {cluster.name}: cluster is not schedulable ({cluster.state})")
+            reason = _held_pair_violation(problem, deployment, cluster, sku, replicas)
+            if reason:
+                violations.append(reason)
         for lock in deployment.locks:
             reason = lock_violation(lock, cluster)
             if reason:
                 violations.append(f"{deployment.name} on {cluster.name}: {reason}")
-        used_gpus[cluster_id, sku] += replicas * deployment.gpus_per_replica
+        if cluster.schedulable:
+            used_gpus[cluster_id, sku] += replicas * deployment.gpus_per_replica
         by_cluster[deployment_id][cluster_id] += replicas
 
     for (cluster_id, sku), gpus in sorted(used_gpus.items()):
@@ -130,6 +117,22 @@ def check_plan(problem: ProblemInput, assignments: dict[PlacementKey, int]) -> l
     return violations
 
 
+def _held_pair_violation(
+    problem: ProblemInput, deployment: DeploymentInput, cluster: ClusterInput, sku: str, replicas: int
+) -> str | None:
+    """Return why replicas of ``deployment`` on a cluster that is not schedulable are invalid, or None."""
+    where = f"{deployment.name} on {cluster.name}"
+    if not (cluster.holds_current or cluster.id in deployment.hold_clusters):
+        return f"{where}: cluster is not schedulable ({cluster.state})"
+    running = problem.current.get((deployment.id, cluster.id, sku), 0)
+    if replicas > running:
+        return (
+            f"{where}/{sku}: {replicas} replicas on a cluster that is not schedulable ({cluster.state}), "
+            f"only {running} running there may be kept"
+        )
+    return None
+
+
 def greedy_place(
     problem: ProblemInput,
     table: ClusterTable,
@@ -144,17 +147,27 @@ def greedy_place(
     solution): each deployment keeps its start replicas and greedy adds the rest. ``guide`` maps a
     placement to replicas that should go there first, ahead of cheaper pairs (for example the
     fractional parts of an LP solution). The result meets every hard constraint; it is the MILP's
-    warm start and its fallback.
+    warm start and its fallback. Held candidates take no free GPUs: each keeps at most its
+    ``held`` replicas.
     """
     remaining: dict[tuple[int, str], int] = {}
+    held: dict[int, dict[tuple[int, str], int]] = defaultdict(dict)  # deployment id -> held pair -> replicas
     for entry in candidates:
         for cand in entry.candidates:
-            remaining[cand.cluster, cand.sku] = cand.free_gpus
+            if cand.held:
+                held[entry.deployment.id][cand.cluster, cand.sku] = cand.held
+            else:
+                remaining[cand.cluster, cand.sku] = cand.free_gpus
     bases: dict[int, dict[tuple[int, str], int]] = defaultdict(dict)
     gpus_by_deployment = {entry.deployment.id: entry.deployment.gpus_per_replica for entry in candidates}
     for (deployment_id, cluster_id, sku), replicas in (start or {}).items():
+        if replicas <= 0:
+            continue
         pair = (table.index_by_id[cluster_id], sku)
-        if replicas > 0 and pair in remaining:
+        limit = held[deployment_id].get(pair)
+        if limit is not None:
+            bases[deployment_id][pair] = min(replicas, limit)
+        elif pair in remaining:
             bases[deployment_id][pair] = replicas
             remaining[pair] -= replicas * gpus_by_deployment[deployment_id]
 
@@ -168,7 +181,8 @@ def greedy_place(
         gpus = entry.deployment.gpus_per_replica
         base = bases.get(entry.deployment.id, {})
         for pair, replicas in base.items():
-            remaining[pair] += replicas * gpus
+            if pair in remaining:
+                remaining[pair] += replicas * gpus
         shares = {}
         for cand in entry.candidates:
             share = (guide or {}).get((entry.deployment.id, cand.cluster_id, cand.sku), 0.0)
@@ -176,9 +190,35 @@ def greedy_place(
                 shares[cand.cluster, cand.sku] = share
         placement = _place_deployment(problem, table, entry, remaining, base, shares)
         for (cluster_index, sku), replicas in placement.items():
-            remaining[cluster_index, sku] -= replicas * gpus
+            if (cluster_index, sku) in remaining:
+                remaining[cluster_index, sku] -= replicas * gpus
             assignments[entry.deployment.id, table.clusters[cluster_index].id, sku] = replicas
     return assignments
+
+
+class _Counts:
+    """One deployment's replicas per cluster, provider and region while greedy places them."""
+
+    def __init__(self, deployment: DeploymentInput, table: ClusterTable):
+        self.caps = spread_caps(deployment)
+        self.table = table
+        self.per_cluster: dict[int, int] = defaultdict(int)
+        self.per_provider: dict[str, int] = defaultdict(int)
+        self.per_region: dict[str, int] = defaultdict(int)
+
+    def room(self, cluster: int) -> int:
+        """Return how many more replicas ``cluster`` may take under the spread caps."""
+        room = self.caps.cluster - self.per_cluster[cluster]
+        if self.caps.provider is not None:
+            room = min(room, self.caps.provider - self.per_provider[self.table.providers[cluster]])
+        if self.caps.region is not None:
+            room = min(room, self.caps.region - self.per_region[self.table.regions[cluster]])
+        return room
+
+    def add(self, cluster: int, replicas: int) -> None:
+        self.per_cluster[cluster] += replicas
+        self.per_provider[self.table.providers[cluster]] += replicas
+        self.per_region[self.table.regions[cluster]] += replicas
 
 
 def _place_deployment(
@@ -192,44 +232,52 @@ def _place_deployment(
     """Choose replicas for one deployment, one at a time, each on the cheapest pair with room left.
 
     Starts from the ``base`` replicas. A pair where the deployment runs now is cheaper by the churn
-    its replica would otherwise cost. While the spread rule needs more providers or regions, the
-    next replica goes to a new one. Otherwise pairs with a larger share in ``shares`` come first
-    (largest remainder first, for an LP solution's fractional parts), and each replica placed there
-    uses up one unit of the share. Returns (cluster index, SKU) -> replicas, empty when no
-    placement meets the spread rule.
+    its replica would otherwise cost. A held pair has room for its ``held`` replicas, any other pair
+    for what ``remaining`` GPUs allow, and no cluster, provider or region takes more than the caps
+    of the spread mode (``placements.scheduler.spread``). Under the full spread rule, while it needs
+    more providers or regions, the next replica goes to a new one. Otherwise pairs with a larger
+    share in ``shares`` come first (largest remainder first, for an LP solution's fractional parts),
+    and each replica placed there uses up one unit of the share. Returns (cluster index, SKU) ->
+    replicas, empty when no placement meets the spread rule.
     """
     deployment = entry.deployment
     gpus = deployment.gpus_per_replica
-    spread = deployment.replicas >= 2
-    cap = deployment.replicas - 1 if spread else deployment.replicas
+    full_rule = deployment.spread == SPREAD_FULL and deployment.replicas >= 2
     churn = churn_cost_per_replica(deployment)
     running = {
         (cand.cluster, cand.sku): problem.current.get((deployment.id, cand.cluster_id, cand.sku), 0)
         for cand in entry.candidates
     }
+    held = {(cand.cluster, cand.sku): cand.held for cand in entry.candidates if cand.held}
 
     chosen: dict[tuple[int, str], int] = defaultdict(int)
-    per_cluster: dict[int, int] = defaultdict(int)
+    counts = _Counts(deployment, table)
+    grouped = counts.caps.provider is not None or counts.caps.region is not None
     providers: set[str] = set()
     regions: set[str] = set()
     shares = dict(shares)
     for (cluster, sku), replicas in base.items():
-        # A start plan may put every replica in one cluster: keep at most ``cap`` there.
-        kept = min(replicas, cap - per_cluster[cluster])
+        # A start plan may put more replicas in one cluster, provider or region than the caps allow.
+        kept = min(replicas, counts.room(cluster), held.get((cluster, sku), replicas) - chosen[cluster, sku])
         if kept <= 0:
             continue
         chosen[cluster, sku] += kept
-        per_cluster[cluster] += kept
+        counts.add(cluster, kept)
         providers.add(table.providers[cluster])
         regions.add(table.regions[cluster])
 
     for _ in range(deployment.replicas - sum(chosen.values())):
-        need_provider = spread and len(providers) < deployment.min_providers
-        need_region = spread and len(regions) < deployment.min_regions
+        need_provider = full_rule and len(providers) < deployment.min_providers
+        need_region = full_rule and len(regions) < deployment.min_regions
         best, best_key = None, (False, 0.0, 0.0)
         for cand in entry.candidates:
             pair = (cand.cluster, cand.sku)
-            if remaining[pair] - chosen[pair] * gpus < gpus or per_cluster[cand.cluster] >= cap:
+            if cand.held:
+                if chosen[pair] >= cand.held:
+                    continue
+            elif remaining[pair] - chosen[pair] * gpus < gpus:
+                continue
+            if counts.per_cluster[cand.cluster] >= counts.caps.cluster or (grouped and counts.room(cand.cluster) <= 0):
                 continue
             adds_group = (need_provider and table.providers[cand.cluster] not in providers) or (
                 need_region and table.regions[cand.cluster] not in regions
@@ -244,7 +292,7 @@ def _place_deployment(
         if best in shares:
             shares[best] -= 1.0
         chosen[best] += 1
-        per_cluster[best[0]] += 1
+        counts.add(best[0], 1)
         providers.add(table.providers[best[0]])
         regions.add(table.regions[best[0]])
 
@@ -254,7 +302,10 @@ def _place_deployment(
 def _trim_to_spread(
     deployment: DeploymentInput, table: ClusterTable, chosen: dict[tuple[int, str], int]
 ) -> dict[tuple[int, str], int]:
-    """Drop replicas from the fullest cluster until the spread rule holds; drop all if it cannot."""
+    """Drop replicas from the fullest cluster until the spread rule holds; drop all if it cannot.
+
+    Only the full rule can fail here: ``_place_deployment`` keeps the caps of the other modes.
+    """
     chosen = {pair: replicas for pair, replicas in chosen.items() if replicas > 0}
     while chosen:
         clusters = {table.clusters[index].id: table.clusters[index] for index, _sku in chosen}
@@ -267,7 +318,8 @@ def _trim_to_spread(
         # Dropping replicas never adds a provider or region, so only a one-cluster placement is fixable.
         providers = {cluster.provider for cluster in clusters.values()}
         regions = {cluster.region for cluster in clusters.values()}
-        if len(providers) < deployment.min_providers or len(regions) < deployment.min_regions:
+        too_few = len(providers) < deployment.min_providers or len(regions) < deployment.min_regions
+        if deployment.spread == SPREAD_FULL and too_few:
             return {}
         fullest = max(by_cluster, key=lambda cluster_id: by_cluster[cluster_id])
         pair = next(pair for pair in chosen if table.clusters[pair[0]].id == fullest)

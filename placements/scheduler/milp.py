@@ -12,10 +12,11 @@ from dataclasses import dataclass
 import highspy
 import numpy as np
 
-from .candidates import ClusterTable, DeploymentCandidates, build_candidates
-from .greedy import evaluate, greedy_place, spread_violation
+from .candidates import Candidate, ClusterTable, DeploymentCandidates, build_candidates
+from .greedy import evaluate, greedy_place
 from .model import Model, build_model, placement_values, start_values, to_highs
 from .problem import PlacementKey, ProblemInput, SchedulerOptions
+from .spread import SpreadCaps, spread_caps, spread_violation
 
 logger = logging.getLogger(__name__)
 
@@ -243,9 +244,12 @@ def _relax_and_fix(
     placement that fits the capacity left and meets the spread rule. It then solves the LP of the
     deployments left, spread rows included, with the capacity left. Re-solving moves them to pairs
     with room, where rounding all LP replicas down would leave them unmet. ``values`` maps each
-    deployment index to its candidates' LP values and is updated in place.
+    deployment index to its candidates' LP values and is updated in place. Held candidates take no
+    free GPUs.
     """
-    free = {(cand.cluster, cand.sku): cand.free_gpus for entry in candidates for cand in entry.candidates}
+    free = {
+        (cand.cluster, cand.sku): cand.free_gpus for entry in candidates for cand in entry.candidates if not cand.held
+    }
     capacity = dict(free)
     settled: dict[PlacementKey, int] = {}
     unsettled = sorted(
@@ -263,7 +267,8 @@ def _relax_and_fix(
                 continue
             for cand, replicas in zip(entry.candidates, counts, strict=True):
                 if replicas > 0:
-                    free[cand.cluster, cand.sku] -= replicas * entry.deployment.gpus_per_replica
+                    if not cand.held:
+                        free[cand.cluster, cand.sku] -= replicas * entry.deployment.gpus_per_replica
                     settled[entry.deployment.id, cand.cluster_id, cand.sku] = replicas
         progress = len(left) < len(unsettled)
         logger.debug(
@@ -347,32 +352,67 @@ def _round_up(
     """Round one deployment's LP replicas up to whole replicas, or return None if that does not fit.
 
     The placed count is the LP's, rounded up. Each candidate keeps its rounded-down replicas and the
-    rest go to the largest fractional parts first, within ``free`` GPUs and the spread rule.
+    rest go to the largest fractional parts first, within ``free`` GPUs (a held candidate within
+    its ``held`` replicas), the caps of the spread mode and its rule.
     """
     deployment = entry.deployment
     gpus = deployment.gpus_per_replica
-    cap = deployment.replicas - 1 if deployment.replicas >= 2 else deployment.replicas
+    caps = spread_caps(deployment)
     target = min(deployment.replicas, math.ceil(float(values.sum()) - 1e-6))
     counts = [math.floor(value + 1e-6) for value in values]
-    per_cluster: dict[int, int] = defaultdict(int)
+    groups = _cap_groups(table, entry, caps)
+    used: dict[tuple, int] = defaultdict(int)
     for cand, replicas in zip(entry.candidates, counts, strict=True):
-        per_cluster[cand.cluster_id] += replicas
-        if replicas * gpus > free[cand.cluster, cand.sku] or per_cluster[cand.cluster_id] > cap:
+        if not _fits(cand, replicas, gpus, free):
             return None
+        for group, cap in groups[cand.cluster]:
+            used[group] += replicas
+            if used[group] > cap:
+                return None
     order = sorted(range(len(counts)), key=lambda j: counts[j] - values[j])
     for j in order:
         if sum(counts) >= target or values[j] - counts[j] <= 1e-6:
             break
         cand = entry.candidates[j]
-        if (counts[j] + 1) * gpus <= free[cand.cluster, cand.sku] and per_cluster[cand.cluster_id] < cap:
+        cluster_groups = groups[cand.cluster]
+        if _fits(cand, counts[j] + 1, gpus, free) and all(used[group] < cap for group, cap in cluster_groups):
             counts[j] += 1
-            per_cluster[cand.cluster_id] += 1
+            for group, _cap in cluster_groups:
+                used[group] += 1
     if sum(counts) < target:
         return None
+    per_cluster: dict[int, int] = defaultdict(int)
+    for cand, replicas in zip(entry.candidates, counts, strict=True):
+        if replicas > 0:
+            per_cluster[cand.cluster_id] += replicas
     clusters = {cand.cluster_id: table.clusters[cand.cluster] for cand in entry.candidates}
-    if spread_violation(deployment, {c: n for c, n in per_cluster.items() if n > 0}, clusters):
+    if spread_violation(deployment, per_cluster, clusters):
         return None
     return counts
+
+
+def _fits(cand: Candidate, replicas: int, gpus: int, free: dict[tuple[int, str], int]) -> bool:
+    """Return whether ``replicas`` fit on ``cand``: its running ones if held, else the ``free`` GPUs."""
+    if cand.held:
+        return replicas <= cand.held
+    return replicas * gpus <= free[cand.cluster, cand.sku]
+
+
+def _cap_groups(
+    table: ClusterTable, entry: DeploymentCandidates, caps: SpreadCaps
+) -> dict[int, list[tuple[tuple, int]]]:
+    """Return cluster index -> the (group, cap) pairs its replicas count against: cluster, provider, region."""
+    groups: dict[int, list[tuple[tuple, int]]] = {}
+    for cand in entry.candidates:
+        if cand.cluster in groups:
+            continue
+        cluster_groups = [(("cluster", cand.cluster), caps.cluster)]
+        if caps.provider is not None:
+            cluster_groups.append((("provider", table.providers[cand.cluster]), caps.provider))
+        if caps.region is not None:
+            cluster_groups.append((("region", table.regions[cand.cluster]), caps.region))
+        groups[cand.cluster] = cluster_groups
+    return groups
 
 
 def _round_and_repair(
@@ -413,8 +453,10 @@ def _gpus_taken(
     gpus = {entry.deployment.id: entry.deployment.gpus_per_replica for entry in candidates}
     taken: dict[tuple[int, str], int] = defaultdict(int)
     for (deployment_id, cluster_id, sku), replicas in plan.items():
-        if deployment_id not in skipped:
-            taken[table.index_by_id[cluster_id], sku] += replicas * gpus[deployment_id]
+        index = table.index_by_id[cluster_id]
+        # Replicas on a cluster that is not schedulable are on held pairs, which take no free GPUs.
+        if deployment_id not in skipped and table.schedulable[index]:
+            taken[index, sku] += replicas * gpus[deployment_id]
     return taken
 
 

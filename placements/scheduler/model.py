@@ -3,17 +3,26 @@
 Variables, per deployment d with desired replicas R and GPUs per replica g:
 
 - x[d,c,s] integer: replicas on candidate (cluster c, SKU s), from ``candidates``, so locks, SKU fit
-  and schedulability hold by construction. For R >= 2 its upper bound is R - 1, which the spread
-  rule implies;
+  and schedulability hold by construction. Its upper bound is the per-cluster cap of the spread
+  mode (R - 1 for R >= 2, except R under SPREAD_OFF), and for a held candidate also the replicas
+  running there;
 - u[d] integer: replicas not placed, with sum x[d,.,.] + u[d] = R;
-- r[d,c,s] >= running - x[d,c,s]: running replicas removed, only where the deployment runs now;
-- z[d,group] and w[d] binaries, only for deployments that ask for two or more providers or regions.
+- r[d,c,s] >= running - x[d,c,s]: running replicas removed, only where the deployment runs now and
+  is not ``churn_free``;
+- z[d,group] and w[d] binaries, only for full-spread deployments that ask for two or more providers
+  or regions.
 
-Constraints: capacity sum g * x[.,c,s] <= free GPUs per (c, s); spread for R >= 2, written as
-R * x[d,c] <= (R - 1) * P[d] with x[d,c] summed over SKUs and P[d] = R - u[d] the placed count, which
-forbids one cluster holding every placed replica and so also forbids placing exactly one; and for
-min_providers or min_regions N >= 2: sum over c in group of x[d,c] >= z[d,group],
-sum of z[d,.] >= N * w[d], P[d] <= R * w[d].
+Constraints: capacity sum g * x[.,c,s] <= free GPUs per (c, s), over candidates that are not held
+(held candidates keep running replicas and take no free GPUs). Spread for R >= 2 depends on the
+deployment's mode (``placements.scheduler.spread``):
+
+- SPREAD_FULL: R * x[d,c] <= (R - 1) * P[d] with x[d,c] summed over SKUs and P[d] = R - u[d] the
+  placed count, which forbids one cluster holding every placed replica and so also forbids placing
+  exactly one; and for min_providers or min_regions N >= 2: sum over c in group of
+  x[d,c] >= z[d,group], sum of z[d,.] >= N * w[d], P[d] <= R * w[d];
+- SPREAD_CAPPED: x[d,c] <= R - 1 for a cluster with several SKU columns, and for N >= 2 the sum over
+  a provider or region of x[d,c] <= R - (N - 1);
+- SPREAD_OFF: no rows.
 
 Each model is its own ``pulp.LpProblem``: the LP stage builds one without the spread rows and later
 stages build others with them, so no stage has to remove rows. Variables are created in column order
@@ -41,7 +50,8 @@ import pulp
 
 from .candidates import ClusterTable, DeploymentCandidates
 from .costs import churn_cost_per_replica, lowest_tier_rank, unmet_penalty_per_replica
-from .problem import PlacementKey, ProblemInput, SchedulerOptions
+from .problem import SPREAD_CAPPED, SPREAD_FULL, SPREAD_OFF, PlacementKey, ProblemInput, SchedulerOptions
+from .spread import spread_caps
 
 _banner_lock = threading.Lock()
 _banner_written = False
@@ -119,11 +129,15 @@ def build_model(
         deployment = entry.deployment
         replicas = deployment.replicas
         gpus = deployment.gpus_per_replica
+        cap = spread_caps(deployment).cluster
         model.x_start[d] = model.columns
         for j, cand in enumerate(entry.candidates):
+            if cand.held:
+                model.add_column(f"x_{d}_{j}", cand.cost.total, max(0, min(cap, cand.held)))
+                continue
             pair = (cand.cluster, cand.sku)
             free = cand.free_gpus - taken_gpus.get(pair, 0)
-            upper = max(0, min(replicas - 1 if replicas >= 2 else replicas, free // gpus))
+            upper = max(0, min(cap, free // gpus))
             column = model.add_column(f"x_{d}_{j}", cand.cost.total, upper)
             capacity_columns[pair].append(column)
             capacity_values[pair].append(float(gpus))
@@ -134,7 +148,7 @@ def build_model(
         model.add_row([*x_columns, unmet], [1.0] * (len(x_columns) + 1), "==", replicas)
 
         model.offset += _add_churn(model, d, entry, running.get(deployment.id, {}))
-        if spread and replicas >= 2 and entry.candidates:
+        if spread and replicas >= 2 and entry.candidates and deployment.spread != SPREAD_OFF:
             add_spread(model, table, d, entry)
 
     for pair, columns in capacity_columns.items():
@@ -149,9 +163,12 @@ def build_model(
 def _add_churn(model: Model, d: int, entry: DeploymentCandidates, running_pairs: dict[tuple[int, str], int]) -> float:
     """Add r >= running - x where the deployment runs now; return the churn of pairs with no candidate.
 
-    ``running_pairs`` maps (cluster id, SKU) to the deployment's replicas running there now.
+    ``running_pairs`` maps (cluster id, SKU) to the deployment's replicas running there now. A
+    ``churn_free`` deployment gets no columns and no rows.
     """
     churn = churn_cost_per_replica(entry.deployment)
+    if churn == 0.0:
+        return 0.0
     position = {(cand.cluster_id, cand.sku): j for j, cand in enumerate(entry.candidates)}
     constant = 0.0
     for pair, running in running_pairs.items():
@@ -168,13 +185,42 @@ def _add_churn(model: Model, d: int, entry: DeploymentCandidates, running_pairs:
 
 
 def add_spread(model: Model, table: ClusterTable, d: int, entry: DeploymentCandidates) -> None:
+    """Add the spread rows of the deployment's mode (see the module docstring); SPREAD_OFF has none."""
+    deployment = entry.deployment
+    by_cluster: dict[int, list[int]] = defaultdict(list)
+    for j, cand in enumerate(entry.candidates):
+        by_cluster[cand.cluster].append(model.x_start[d] + j)
+    if deployment.spread == SPREAD_FULL:
+        _add_full_spread(model, table, d, entry, by_cluster)
+    elif deployment.spread == SPREAD_CAPPED:
+        _add_capped_spread(model, table, d, entry, by_cluster)
+
+
+def _add_capped_spread(
+    model: Model, table: ClusterTable, d: int, entry: DeploymentCandidates, by_cluster: dict[int, list[int]]
+) -> None:
+    """Cap the replicas per cluster, provider and region; x's upper bound already caps a one-column cluster."""
+    caps = spread_caps(entry.deployment)
+    for columns in by_cluster.values():
+        if len(columns) > 1:
+            model.add_row(columns, [1.0] * len(columns), "<=", caps.cluster)
+    for cap, names in ((caps.provider, table.providers), (caps.region, table.regions)):
+        if cap is None:
+            continue
+        members: dict[str, list[int]] = defaultdict(list)
+        for cluster, columns in by_cluster.items():
+            members[names[cluster]].extend(columns)
+        for columns in members.values():
+            model.add_row(columns, [1.0] * len(columns), "<=", cap)
+
+
+def _add_full_spread(
+    model: Model, table: ClusterTable, d: int, entry: DeploymentCandidates, by_cluster: dict[int, list[int]]
+) -> None:
     """Add the one-cluster spread rows and, where asked, the provider and region diversity rows."""
     deployment = entry.deployment
     replicas = deployment.replicas
     unmet = model.unmet[d]
-    by_cluster: dict[int, list[int]] = defaultdict(list)
-    for j, cand in enumerate(entry.candidates):
-        by_cluster[cand.cluster].append(model.x_start[d] + j)
 
     # R * x[d,c] <= (R - 1) * (R - u[d]), rearranged to R * x[d,c] + (R - 1) * u[d] <= (R - 1) * R.
     for columns in by_cluster.values():

@@ -73,12 +73,15 @@ class DeploymentInput:
     origins: tuple[DemandOriginInput, ...] = ()
     locks: tuple[LockInput, ...] = ()
     # SPREAD_FULL in normal operation; while clusters it ran on are lost, SPREAD_CAPPED (hard
-    # spread) or SPREAD_OFF (soft spread). See placements.models.SpreadMode.
+    # spread) or SPREAD_OFF (soft spread). See placements.models.SpreadMode; placements.scheduler.spread
+    # has the rule of each mode.
     spread: str = "full"
     # Clusters, not schedulable, where this deployment's current replicas are kept as on a
     # ``holds_current`` cluster: lost clusters of a blocked deployment, or of one awaiting approval.
+    # A schedulable cluster listed here is an ordinary candidate.
     hold_clusters: frozenset[int] = frozenset()
-    # Clusters charged extra for this deployment, because they lost its replicas repeatedly.
+    # Clusters charged extra for this deployment, because they lost its replicas repeatedly
+    # (costs.PENALISED_CLUSTER_PER_GPU per GPU, so they are used when nothing else has room).
     penalised_clusters: frozenset[int] = frozenset()
     # Clusters this deployment may not use now (a failback that waits for approval).
     excluded_clusters: frozenset[int] = frozenset()
@@ -89,7 +92,7 @@ class DeploymentInput:
 
 # DeploymentInput.spread values.
 SPREAD_FULL = "full"  # no cluster holds every placed replica; min providers and regions spanned
-SPREAD_CAPPED = "capped"  # no cluster, provider or region holds more than the full rule allows it
+SPREAD_CAPPED = "capped"  # no cluster, provider or region holds more than the full rule allows it; fewer may be placed
 SPREAD_OFF = "off"  # no spread rule
 
 

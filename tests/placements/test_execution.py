@@ -288,6 +288,8 @@ def test_setup_schedules_creates_periodic_tasks():
     assert schedules() == {
         "collect telemetry": ("placements.collect_telemetry", 10, True),
         "reconcile clusters": ("placements.reconcile_clusters", 15, True),
+        "evaluate health": ("fleet.evaluate_health", 5, True),
+        "expire failover requests": ("placements.expire_failover_requests", 15, True),
         "plan placements": ("tasks.plan_placements", 300, True),
         "apply pending events": ("fleet.apply_pending_events", 30, True),
     }
@@ -299,8 +301,8 @@ def test_setup_schedules_twice_changes_nothing():
 
     call_command("setup_schedules", stdout=output)
 
-    assert output.getvalue().count("(unchanged)") == 4
-    assert len(schedules()) == 4
+    assert output.getvalue().count("(unchanged)") == 6
+    assert len(schedules()) == 6
 
 
 def test_setup_schedules_updates_interval_and_keeps_enabled():

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
@@ -200,7 +201,12 @@ class Command(BaseCommand):
         parser.add_argument(
             "--api-token-env", help="Environment variable with the Kubernetes API bearer token (with --api-endpoint)."
         )
-        parser.add_argument("--interval", type=float, default=30.0, help="Seconds between pushes (default 30).")
+        parser.add_argument(
+            "--interval",
+            type=float,
+            default=settings.MCM_HEARTBEAT_INTERVAL_S,
+            help="Seconds between pushes; each push is a heartbeat (default MCM_HEARTBEAT_INTERVAL_S, 10).",
+        )
         parser.add_argument("--once", action="store_true", help="Push one batch and exit.")
         parser.add_argument(
             "--state-file",

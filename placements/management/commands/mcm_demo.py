@@ -16,6 +16,7 @@ from fleet.regions import import_regions
 from fleet.services import ImportReport
 from placements import demo_loop
 from placements.demo import provider_region_counts, seed_demo
+from placements.drill import SCOPES, DrillError, resolve_scope, run_drills, settle_health
 from placements.models import DeploymentOutcome, PlanTrigger
 from placements.planning import current_plan, default_options, diff_plans, run_plan
 from placements.report import format_plan, format_table
@@ -60,6 +61,36 @@ class Command(BaseCommand):
             default=600.0,
             help="Seconds to wait for every cluster to run what the plan decided.",
         )
+        drill = parser.add_mutually_exclusive_group()
+        drill.add_argument(
+            "--drill-provider",
+            metavar="NAME",
+            help="After convergence, run an outage drill of this provider (as manage.py outage_drill --provider).",
+        )
+        drill.add_argument(
+            "--drill-region", metavar="CODE", help="After convergence, run an outage drill of this region."
+        )
+        drill.add_argument(
+            "--drill-cluster", metavar="NAME", help="After convergence, run an outage drill of this cluster."
+        )
+        parser.add_argument(
+            "--drill-recover",
+            action="store_true",
+            help="After the drill's outage, bring the clusters back and time failback.",
+        )
+        parser.add_argument(
+            "--drill-heartbeat-s",
+            type=float,
+            default=10.0,
+            help="Seconds between the drill's telemetry reads (default 10).",
+        )
+        parser.add_argument(
+            "--drill-failback-after-s",
+            type=float,
+            default=None,
+            help="With --drill-recover: seconds a recovered cluster stays healthy before replicas return, "
+            "for the drill only (default MCM_FAILBACK_AFTER_S).",
+        )
 
     def handle(
         self,
@@ -74,16 +105,45 @@ class Command(BaseCommand):
         no_clusters,
         ready_delay,
         converge_timeout,
+        drill_provider,
+        drill_region,
+        drill_cluster,
+        drill_recover,
+        drill_heartbeat_s,
+        drill_failback_after_s,
         **options,
     ):
         if deployments < 1:
             raise CommandError(f"--deployments {deployments} is invalid: use at least 1")
+        drill = next(
+            (
+                (scope, value)
+                for scope, value in zip(SCOPES, (drill_provider, drill_region, drill_cluster), strict=True)
+                if value
+            ),
+            None,
+        )
+        if drill and no_clusters:
+            raise CommandError(f"--drill-{drill[0]} needs emulated clusters: leave out --no-clusters")
+        if drill and drill_heartbeat_s <= 0:
+            raise CommandError(f"--drill-heartbeat-s {drill_heartbeat_s} is invalid: use a positive number of seconds")
+        if (drill_recover or drill_failback_after_s is not None) and not drill:
+            raise CommandError(
+                "--drill-recover and --drill-failback-after-s need --drill-provider, --drill-region or --drill-cluster"
+            )
+        if drill_failback_after_s is not None and drill_failback_after_s < 0:
+            raise CommandError(f"--drill-failback-after-s {drill_failback_after_s} is invalid: use 0 or more seconds")
         started = time.monotonic()
         call_command("migrate", verbosity=0, interactive=False)
         if reset:
             call_command("flush", verbosity=0, interactive=False)
 
         self.load_fleet(catalog, seed)
+        if drill:
+            try:
+                resolve_scope(*drill)
+            except DrillError as error:
+                raise CommandError(f"--drill-{drill[0]} {drill[1]} is invalid: {error}") from error
         data_dir = settings.MCM_DATA_DIR if settings.MCM_DATA_DIR.is_dir() else None
         _, created, city_source = seed_demo(count=deployments, seed=seed, data_dir=data_dir)
         self.stdout.write(f"Deployments: {created} created ({deployments} requested); users from {city_source}")
@@ -101,6 +161,22 @@ class Command(BaseCommand):
         try:
             if not no_clusters:
                 emulated = self.run_workload_planes(plan, ready_delay=ready_delay, timeout_s=converge_timeout)
+            if drill:
+                self.stdout.write("\nOutage drill: reading every cluster until health settles...")
+                try:
+                    settle_health(progress=self.stdout.write)
+                    run_drills(
+                        scope=drill[0],
+                        target=drill[1],
+                        emulated=emulated,
+                        recover=drill_recover,
+                        heartbeat_s=drill_heartbeat_s,
+                        timeout_s=None,
+                        failback_after_s=drill_failback_after_s,
+                        write=self.stdout.write,
+                    )
+                except DrillError as error:
+                    raise CommandError(f"the outage drill cannot run: {error}") from error
             self.stdout.write(f"\nDemo finished in {time.monotonic() - started:.1f} s.")
             if headless:
                 return

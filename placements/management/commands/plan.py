@@ -46,7 +46,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, dry_run: bool, without: list[str], time_limit, gap, **options):
         exclusions = parse_exclusions(without)
-        if (exclusions.providers or exclusions.regions) and not dry_run:
+        if exclusions and not dry_run:
             raise CommandError("--without needs --dry-run: a what-if plan is never applied")
         scheduler_options = default_options()
         if time_limit is not None:

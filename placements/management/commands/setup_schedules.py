@@ -2,6 +2,7 @@
 
 from dataclasses import dataclass
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
@@ -12,7 +13,7 @@ class Schedule:
     name: str
     task: str
     option: str
-    default_s: int
+    default_s: int | None  # None: half of MCM_HEARTBEAT_INTERVAL_S
 
 
 SCHEDULES = (
@@ -21,23 +22,35 @@ SCHEDULES = (
     Schedule("plan placements", "tasks.plan_placements", "plan_every", 300),
     # Applies pushed events left unapplied when their enqueue failed (for example, broker down).
     Schedule("apply pending events", "fleet.apply_pending_events", "events_every", 30),
+    # Twice per heartbeat interval, so that a missed heartbeat is judged within half an interval.
+    Schedule("evaluate health", "fleet.evaluate_health", "health_every", None),
+    # Lets an undecided failover proceed soon after its emergency time-out.
+    Schedule("expire failover requests", "placements.expire_failover_requests", "expire_every", 15),
 )
+
+
+def default_every_s(schedule: Schedule) -> int:
+    if schedule.default_s is None:
+        return max(1, round(settings.MCM_HEARTBEAT_INTERVAL_S / 2))
+    return schedule.default_s
 
 
 class Command(BaseCommand):
     help = (
-        "Create or update the periodic tasks that collect telemetry, reconcile clusters and re-plan. "
+        "Create or update the periodic tasks that collect telemetry, judge cluster health, reconcile clusters, "
+        "time out undecided failovers and re-plan. "
         "Running it again changes only intervals that differ; an operator's 'enabled' choice is kept."
     )
 
     def add_arguments(self, parser):
         for schedule in SCHEDULES:
+            default_s = default_every_s(schedule)
             parser.add_argument(
                 f"--{schedule.option.replace('_', '-')}",
                 dest=schedule.option,
                 type=int,
-                default=schedule.default_s,
-                help=f"Seconds between runs of '{schedule.name}' (default {schedule.default_s}).",
+                default=default_s,
+                help=f"Seconds between runs of '{schedule.name}' (default {default_s}).",
             )
 
     def handle(self, *args, **options):
