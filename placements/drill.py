@@ -22,7 +22,6 @@ moment the fault was switched.
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from contextlib import ExitStack
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -336,8 +335,7 @@ def run_drill(
         if failback_after_s < 0:
             raise DrillError(f"failback delay {failback_after_s} s is invalid: use 0 or more seconds")
         overrides["MCM_FAILBACK_AFTER_S"] = failback_after_s
-    with ExitStack() as stack:
-        stack.enter_context(override_settings(**overrides))
+    with override_settings(**overrides):
         if timeout_s is None:
             timeout_s = DEFAULT_TIMEOUT_S + (settings.MCM_FAILBACK_AFTER_S if recover else 0)
         check_start(clusters, recover=recover)
