@@ -11,9 +11,11 @@ from django.db import models
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce
 from django.template.response import TemplateResponse
+from django.utils import timezone
 from django.utils.html import format_html_join
 
 from fleet import operations
+from fleet.availability import AvailabilityReader
 from fleet.models import (
     Alert,
     CatalogOffer,
@@ -172,6 +174,7 @@ class ClusterAdmin(admin.ModelAdmin):
         "provider",
         "state",
         "health",
+        "placement",
         "health_changed_at",
         "total_gpus",
         "free_gpus",
@@ -186,6 +189,7 @@ class ClusterAdmin(admin.ModelAdmin):
     actions = ["cordon_clusters", "uncordon_clusters", "drain_clusters"]
     # Health is judged by MCM from heartbeats; the operator's state changes through the actions.
     health_fields = [
+        "placement",
         "health",
         "health_reason",
         "health_changed_at",
@@ -195,6 +199,16 @@ class ClusterAdmin(admin.ModelAdmin):
         "consecutive_failures",
         "consecutive_successes",
     ]
+
+    @admin.display(description="Placement")
+    def placement(self, cluster: Cluster) -> str:
+        """What placement may do with the cluster now: an outage or a failback wait shows here."""
+        # Rows of one page share a reader, so the outages are read about once per page.
+        reader = getattr(self, "_availability_reader", None)
+        if reader is None or (timezone.now() - reader.now).total_seconds() > 1:
+            reader = self._availability_reader = AvailabilityReader()
+        state = reader(cluster)
+        return f"{state.mode} ({state.reason})"
 
     def get_readonly_fields(self, request, obj=None):
         fields = [*super().get_readonly_fields(request, obj), *self.health_fields]

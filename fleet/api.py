@@ -7,13 +7,14 @@ re-planned. Outages and alerts are staff-only.
 
 import django_filters
 from django.db.models import Q
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, extend_schema_field
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 
 from fleet import operations
+from fleet.availability import AvailabilityReader
 from fleet.models import (
     Alert,
     AlertSeverity,
@@ -74,6 +75,10 @@ class ClusterSerializer(serializers.ModelSerializer):
     provider = serializers.CharField(source="region.provider.name", read_only=True)
     region = serializers.CharField(source="region.__str__", read_only=True, help_text="'provider/code'.")
     region_id = serializers.IntegerField(read_only=True)
+    placement = serializers.SerializerMethodField(
+        help_text="What placement may do with the cluster now, from its state, health and open outages: "
+        "mode 'schedulable', 'holding' (keeps its replicas, takes no new ones), 'draining' or 'lost', and why."
+    )
 
     class Meta:
         model = Cluster
@@ -84,6 +89,7 @@ class ClusterSerializer(serializers.ModelSerializer):
             "region",
             "region_id",
             "state",
+            "placement",
             "health",
             "health_reason",
             "health_changed_at",
@@ -95,6 +101,15 @@ class ClusterSerializer(serializers.ModelSerializer):
         ]
         # State changes go through the cordon, uncordon and drain actions; health is judged by MCM.
         read_only_fields = fields
+
+    @extend_schema_field({"type": "object", "properties": {"mode": {"type": "string"}, "reason": {"type": "string"}}})
+    def get_placement(self, cluster: Cluster) -> dict:
+        # One reader per response, so a page of clusters reads the outages once.
+        reader = getattr(self.root, "_availability_reader", None)
+        if reader is None:
+            reader = self.root._availability_reader = AvailabilityReader()
+        state = reader(cluster)
+        return {"mode": state.mode, "reason": state.reason}
 
 
 class ClusterCapacitySerializer(serializers.ModelSerializer):

@@ -95,9 +95,19 @@ def cluster_availability(clusters=None, *, now: datetime | None = None) -> dict[
         clusters = Cluster.objects.select_related("region")
     outages = open_outages()
     cleared = recently_cleared_outages(now)
-    return {
-        cluster.pk: availability(cluster, now=now, outages=outages, cleared=cleared) for cluster in clusters
-    }
+    return {cluster.pk: availability(cluster, now=now, outages=outages, cleared=cleared) for cluster in clusters}
+
+
+class AvailabilityReader:
+    """Classifies clusters one by one with the outages read once, for lists in the API and the admin."""
+
+    def __init__(self, now: datetime | None = None) -> None:
+        self.now = now or timezone.now()
+        self.outages = open_outages()
+        self.cleared = recently_cleared_outages(self.now)
+
+    def __call__(self, cluster: Cluster) -> Availability:
+        return availability(cluster, now=self.now, outages=self.outages, cleared=self.cleared)
 
 
 def lost_cluster_ids(now: datetime | None = None) -> set[int]:
@@ -106,7 +116,7 @@ def lost_cluster_ids(now: datetime | None = None) -> set[int]:
 
 
 def outage_filter(outage: Outage) -> Q:
-    """A filter on ``Cluster`` for the clusters an outage covers."""
+    """Return a filter on ``Cluster`` for the clusters an outage covers."""
     if outage.scope == "cluster":
         return Q(pk=outage.cluster_id)
     if outage.scope == "region":

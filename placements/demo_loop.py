@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
+from django.db import close_old_connections
 
 from emulator import EmulatedCluster
 from fleet.clusters import register_cluster
@@ -210,3 +212,55 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 15.0) -> None:
         logger.warning("process %s did not stop within %s s after SIGTERM; killing it", process.pid, timeout_s)
         process.kill()
         process.wait()
+
+
+class BackgroundLoop:
+    """MCM's control loop on a thread, for the embedded demo while it serves the admin.
+
+    Embedded mode has no Celery worker or beat, so without it an operator's drain or outage would
+    get one execution pass and stop. Each tick reads every cluster, judges health, lets overdue
+    failovers proceed, re-plans when health asks for it, and runs an execution pass and a
+    reconcile. A failed tick is logged and the next one runs.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mcm-demo-loop", daemon=True)
+
+    def start(self) -> "BackgroundLoop":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                tick()
+            except Exception:
+                logger.exception("control loop tick failed; the next tick runs in %s s", self.interval_s)
+            finally:
+                close_old_connections()
+
+
+def tick() -> None:
+    """One round of MCM's control loop in this process: telemetry, health, failover, plan, execution."""
+    # Imported here: the failover stack is needed only while serving.
+    from fleet.health import evaluate_health
+    from placements.failover import expire_requests
+    from placements.models import PlanTrigger
+    from placements.planning import run_plan
+    from placements.services import current_plan
+
+    collect_many(list(executable_clusters().values_list("pk", flat=True)))
+    if evaluate_health().replan_needed:
+        run_plan(actor="control loop", trigger=PlanTrigger.HEALTH)
+    # In embedded mode the re-plan this enqueues runs at once, in this call.
+    expire_requests()
+    plan = current_plan()
+    if plan is not None:
+        execute_plan(plan.pk)
+    reconcile()

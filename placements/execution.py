@@ -354,9 +354,18 @@ def advance_plan(
     if report.waiting_for_cluster:
         logger.info("plan v%s: %s steps wait for lost clusters", plan.version, report.waiting_for_cluster)
     observations = dict(observations or {})
-    unobserved = {step.cluster_id: step.cluster for step in steps if step.cluster_id not in observations}
-    observations.update(observe_clusters(unobserved.values(), adapters))
-    unready = unready_deployments(plan_targets(plan, lost), observations)
+    targets = plan_targets(plan, lost)
+    # The make-before-break gate reads every cluster that holds a pending deployment's
+    # replacements, including clusters whose own steps are already executed.
+    needed = {step.cluster_id for step in steps}
+    needed |= {cluster_id for step in steps for cluster_id in targets.get(step.deployment_id, {})}
+    needed -= observations.keys()
+    if needed:
+        clusters = {step.cluster_id: step.cluster for step in steps}
+        missing = needed - clusters.keys()
+        clusters.update({cluster.pk: cluster for cluster in Cluster.objects.filter(pk__in=missing)})
+        observations.update(observe_clusters([clusters[pk] for pk in needed], adapters))
+    unready = unready_deployments(targets, observations)
     timeout = timedelta(seconds=settings.MCM_EXECUTION_TIMEOUT_S)
 
     steps.sort(key=lambda step: (step.phase != StepPhase.SCALE_UP, step.cluster_id, step.deployment_id))

@@ -169,8 +169,16 @@ class FailoverPlanner:
         still_open = any(
             request.kind == FailoverKind.FAILOVER and not self.all_schedulable(request) for request in requests
         )
+        # Replicas on a cordoned, suspect, recovering or draining cluster constrain the deployment too:
+        # under the full rule, replicas kept on one such cluster could only stay if others came
+        # elsewhere, so a deployment with nowhere else to go would lose all of them.
+        constrained = any(
+            cluster in self.clusters and not self.clusters[cluster].schedulable
+            for cluster, replicas in self.current[deployment.id].items()
+            if replicas > 0
+        )
         spread = SPREAD_FULL
-        if lost_here or still_open:
+        if lost_here or still_open or constrained:
             spread = SPREAD_CAPPED if policy.spread_mode == SpreadMode.HARD else SPREAD_OFF
         return replace(
             deployment,

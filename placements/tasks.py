@@ -65,12 +65,15 @@ def execute_plan(self, plan_id: int) -> dict:
     good after ``MCM_EXECUTION_MAX_ATTEMPTS``. Polling stops once every pending step is older
     than ``MCM_EXECUTION_TIMEOUT_S``, or waits for a lost cluster; the reconciler takes over from there.
     """
+    # Where tasks run in process (embedded mode), a retry or a countdown would run at once, inside
+    # this call, and recurse: there a call makes one pass and the control loop makes the next.
+    in_process = settings.CELERY_TASK_ALWAYS_EAGER
     with recorded_run("execute_plan", self.request.id or "") as set_summary:
         report = execution.execute_plan(plan_id)
         set_summary(report.as_dict())
-        if report.retryable_error is not None:
+        if report.retryable_error is not None and not in_process:
             raise report.retryable_error
-    if not report.done and report.within_timeout:
+    if not report.done and report.within_timeout and not in_process:
         self.apply_async((plan_id,), countdown=settings.MCM_EXECUTION_POLL_S, queue=current_queue(self))
     return report.as_dict()
 

@@ -162,6 +162,28 @@ def test_staff_declares_cluster_outage(ops_client, ops, fleet, replans, django_c
     assert replans == [{"trigger": "operator"}]
 
 
+def test_cluster_list_shows_outage_and_cordon_placement(ops_client, fleet, replans):
+    assert ops_client.post(OUTAGES, {"scope": "provider", "provider": "gcp", "reason": "API down"}, format="json")
+
+    rows = {row["name"]: row["placement"] for row in ops_client.get(CLUSTERS).data["results"]}
+
+    assert rows["gcp-usw4-a"] == {"mode": "lost", "reason": "provider outage"}
+    assert rows["aws-use1-b"] == {"mode": "holding", "reason": "cordoned"}
+    assert rows["aws-use1-a"] == {"mode": "schedulable", "reason": "active"}
+
+
+def test_admin_cluster_list_shows_placement(client, superuser, fleet, replans):
+    operations.declare_outage(
+        scope="cluster", target=fleet.clusters["gcp-usw4-a"], actor="test", reason="nodes unreachable"
+    )
+    client.force_login(superuser)
+
+    page = client.get("/admin/fleet/cluster/").content.decode()
+
+    assert "lost (cluster outage)" in page
+    assert "holding (cordoned)" in page
+
+
 @pytest.mark.parametrize(
     ("body", "target"),
     [

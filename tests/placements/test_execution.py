@@ -90,6 +90,41 @@ def test_move_keeps_old_replicas_until_new_ones_ready(sites, acme_chat):
     assert sites.west.ready(acme_chat) == 3
 
 
+def test_scale_down_proceeds_once_replacements_executed_in_earlier_pass(sites, acme_chat):
+    first = apply_plan([(acme_chat, sites.east.cluster, 3)])
+    execute_until_done(first)
+    sites.west.emulated.ready_delay_s = 0.3
+    second = apply_plan([(acme_chat, sites.west.cluster, 3)])
+    assert execute_plan(second.pk).blocked == 1
+    # A pass that finds the new replicas ready marks their step executed and removes the old ones
+    # in the same pass, so here the old step is made to wait one pass longer, as a step whose
+    # first attempt failed would.
+    poll(lambda: sites.west.ready(acme_chat) == 3)
+    sites.east.emulated.set_errors(1.0, status=503)
+    execute_plan(second.pk)
+    assert steps_of(second)["aws-euw1-a"].status == StepStatus.EXECUTED
+    sites.east.emulated.set_errors(0.0)
+
+    # Only the old cluster has a pending step now; the gate must still read the new cluster.
+    report = execute_plan(second.pk)
+
+    assert report.blocked == 0
+    assert sites.east.observed(acme_chat) is None
+
+
+def test_execute_plan_task_in_process_makes_one_pass(settings, monkeypatch, sites, acme_chat):
+    settings.CELERY_TASK_ALWAYS_EAGER = True
+    enqueued = []
+    monkeypatch.setattr(placement_tasks.execute_plan, "apply_async", lambda *args, **kwargs: enqueued.append(args))
+    sites.west.emulated.set_never_ready(True)
+    plan = apply_plan([(acme_chat, sites.west.cluster, 2)])
+
+    report = placement_tasks.execute_plan.apply(args=(plan.pk,)).get()
+
+    assert report["waiting"] == 1
+    assert enqueued == []
+
+
 def test_move_waits_while_new_replicas_never_ready(sites, acme_chat):
     first = apply_plan([(acme_chat, sites.east.cluster, 2)])
     execute_until_done(first)

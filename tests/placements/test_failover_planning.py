@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from compliance.models import AuditEvent
-from fleet.models import Alert, AlertSeverity, ClusterCapacity
+from fleet.models import Alert, AlertSeverity, Cluster, ClusterCapacity, ClusterState
 from placements.failover import record_loss
 from placements.models import (
     Assignment,
@@ -453,3 +453,26 @@ def test_burst_of_deployments_never_over_commits(db):
         assert gpus <= free[pair], f"cluster {pair[0]}: {gpus} GPUs planned, {free[pair]} free"
     assert sum(used.values()) <= sum(free.values())
     assert burst.summary["unmet_replicas"] > 0
+
+
+# Cordoned and draining clusters.
+
+
+def test_drain_beside_cordon_keeps_replicas_on_cordoned_cluster(acme):
+    # Only aws/us-east-1 is allowed; its two clusters hold the deployment's replicas.
+    fleet = build_fleet({"aws-use1-a": 16, "aws-use1-b": 16, "gcp-use4-a": 16})
+    chat = make_deployment(acme, "chat", replicas=4)
+    lock_to_regions(chat, fleet.regions["us-east-1"], reason="contract: Virginia only")
+    before = placed_on(plan(), chat)
+    assert set(before) == {"aws-use1-a", "aws-use1-b"}
+    kept, drained = sorted(before, key=before.get, reverse=True)
+
+    Cluster.objects.filter(name=kept).update(state=ClusterState.CORDONED)
+    Cluster.objects.filter(name=drained).update(state=ClusterState.DRAINING)
+    after = placed_on(plan(), chat)
+
+    # Hard spread: the cordoned cluster keeps what it runs, at most R - 1 replicas, rather than
+    # the deployment losing every replica because no second cluster is left.
+    assert after == {kept: before[kept]}
+    chat.refresh_from_db()
+    assert chat.condition == DeploymentCondition.DEGRADED

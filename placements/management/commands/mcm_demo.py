@@ -187,7 +187,15 @@ class Command(BaseCommand):
                     f"API docs: http://127.0.0.1:{port}/api/v1/docs/\nStop with Ctrl-C."
                 )
             )
-            call_command("runserver", f"127.0.0.1:{port}", use_reloader=False)
+            loop = None
+            if settings.MCM_EMBEDDED and emulated:
+                self.stdout.write("Running MCM's control loop in this process every 5 s while serving.")
+                loop = demo_loop.BackgroundLoop(interval_s=5.0).start()
+            try:
+                call_command("runserver", f"127.0.0.1:{port}", use_reloader=False)
+            finally:
+                if loop is not None:
+                    loop.stop()
         finally:
             if emulated:
                 self.stdout.write(f"Stopping {len(emulated)} emulated clusters...")
