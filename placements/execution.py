@@ -357,6 +357,10 @@ def advance_plan(
     targets = plan_targets(plan, lost)
     # The make-before-break gate reads every cluster that holds a pending deployment's
     # replacements, including clusters whose own steps are already executed.
+    # TODO: a plan that swaps two deployments between two full clusters waits here until the
+    # steps time out (MCM_EXECUTION_TIMEOUT_S) and the re-plan avoids that capacity. This goes
+    # once the scheduler keeps the room of replicas that move out for the next plan, without
+    # stopping a higher tier from taking a lower tier's room.
     needed = {step.cluster_id for step in steps}
     needed |= {cluster_id for step in steps for cluster_id in targets.get(step.deployment_id, {})}
     needed -= observations.keys()
