@@ -46,6 +46,7 @@ from fleet.kube import ClusterAdapter, ClusterError, DesiredDeployment, Observed
 from fleet.models import Cluster, Outage, TelemetrySnapshot
 from fleet.skus import gpu_product_for_sku
 from placements.models import (
+    TIER_ORDER,
     Assignment,
     Deployment,
     ExecutionStep,
@@ -61,6 +62,7 @@ from placements.observation import (
     kubernetes_name,
     observe_clusters,
     open_adapters,
+    ready_on,
     run_per_cluster,
     unready_deployments,
 )
@@ -375,8 +377,9 @@ def advance_plan(
     steps.sort(key=lambda step: (step.phase != StepPhase.SCALE_UP, step.cluster_id, step.deployment_id))
     # Settle or claim every step first, then write to the clusters concurrently, then record.
     claimed: list[tuple[ExecutionStep, ClusterWrite]] = []
+    preempting = preempting_tiers(steps, observations)
     for step in steps:
-        replacements_ready = step.deployment_id not in unready
+        replacements_ready = step.deployment_id not in unready or is_preempted(step, preempting)
         write = plan_step(step, observations[step.cluster_id], replacements_ready, report, now)
         if write is not None:
             claimed.append((step, write))
@@ -393,6 +396,33 @@ def advance_plan(
             report.within_timeout = True
     logger.info("execution pass of plan v%s: %s", plan.version, report.as_dict())
     return report
+
+
+def tier_rank(step: ExecutionStep) -> int:
+    return TIER_ORDER.index(step.deployment.customer.tier)
+
+
+def preempting_tiers(steps: list[ExecutionStep], observations: dict[int, ClusterObservation]) -> dict[tuple, int]:
+    """Return, per (cluster id, SKU id), the highest tier rank among scale-ups whose replicas are not all ready."""
+    waiting: dict[tuple, int] = {}
+    for step in steps:
+        if step.desired_replicas == 0 or ready_on(observations.get(step.cluster_id), step.deployment_id) >= (
+            step.desired_replicas
+        ):
+            continue
+        key = (step.cluster_id, step.sku_id)
+        waiting[key] = min(waiting.get(key, len(TIER_ORDER)), tier_rank(step))
+    return waiting
+
+
+def is_preempted(step: ExecutionStep, preempting: dict[tuple, int]) -> bool:
+    """Return whether a higher tier waits for the room this step's removal frees.
+
+    The plan gave that room to a more important deployment, so this removal does not wait for
+    its own replacements: waiting could deadlock, as the replacements may need room that is
+    itself freed only after the higher tier's replicas run.
+    """
+    return preempting.get((step.cluster_id, step.sku_id), len(TIER_ORDER)) < tier_rank(step)
 
 
 def plan_step(

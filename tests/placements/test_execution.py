@@ -112,6 +112,43 @@ def test_scale_down_proceeds_once_replacements_executed_in_earlier_pass(sites, a
     assert sites.east.observed(acme_chat) is None
 
 
+def test_preempted_lower_tier_leaves_without_waiting_for_its_replacements(sites, acme_chat, globex):
+    batch = Deployment.objects.create(
+        customer=globex, name="batch", sku=acme_chat.sku, gpus_per_replica=2, desired_replicas=8, max_replicas=8
+    )
+    first = apply_plan([(batch, sites.east.cluster, 8)])  # all 16 GPUs of east
+    execute_until_done(first)
+    # The premium deployment takes east; the standard one moves west, where it never becomes ready.
+    sites.west.emulated.set_never_ready(True)
+    second = apply_plan([(acme_chat, sites.east.cluster, 8), (batch, sites.west.cluster, 8)])
+
+    poll(lambda: execute_plan(second.pk) and sites.east.ready(acme_chat) == 8)
+
+    assert sites.east.observed(batch) is None
+    removal = ExecutionStep.objects.get(plan=second, deployment=batch, cluster=sites.east.cluster)
+    assert removal.status == StepStatus.EXECUTED
+
+
+def test_same_tier_removal_still_waits_for_replacements(sites, acme_chat):
+    other = Deployment.objects.create(
+        customer=acme_chat.customer,
+        name="other",
+        sku=acme_chat.sku,
+        gpus_per_replica=2,
+        desired_replicas=8,
+        max_replicas=8,
+    )
+    first = apply_plan([(other, sites.east.cluster, 8)])
+    execute_until_done(first)
+    sites.west.emulated.set_never_ready(True)
+    second = apply_plan([(acme_chat, sites.east.cluster, 8), (other, sites.west.cluster, 8)])
+
+    for _ in range(3):
+        execute_plan(second.pk)
+
+    assert sites.east.ready(other) == 8
+
+
 def test_execute_plan_task_in_process_makes_one_pass(settings, monkeypatch, sites, acme_chat):
     settings.CELERY_TASK_ALWAYS_EAGER = True
     enqueued = []
