@@ -21,7 +21,8 @@ moment the fault was switched.
 
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -35,6 +36,7 @@ from fleet.availability import cluster_availability, covers
 from fleet.health import evaluate_health
 from fleet.models import Cluster, ClusterHealth, Outage, OutageSource, Provider, Region, TelemetrySnapshot
 from fleet.telemetry import collect_many
+from mcm_site.celery import app as celery_app
 from placements.execution import execute_plan
 from placements.failover import expire_requests
 from placements.models import (
@@ -311,6 +313,7 @@ def run_drill(
     timeout_s: float | None = None,
     failback_after_s: float | None = None,
     baseline_version: int | None = None,
+    pending_timeout_s: float | None = None,
 ) -> Timeline:
     """Take a provider's, region's or cluster's emulated clusters down (or back up) and time MCM's response.
 
@@ -319,7 +322,10 @@ def run_drill(
     ``MCM_FAILBACK_AFTER_S`` for the drill, and ``baseline_version`` names the plan whose replicas
     should return (default: the last plan that placed replicas on these clusters). The health
     thresholds are the configured ones; ``MCM_HEARTBEAT_INTERVAL_S`` is set to ``heartbeat_s`` for
-    the drill. Raises ``DrillError`` before switching anything when the drill cannot run.
+    the drill, and ``pending_timeout_s``, if given, replaces ``MCM_EXECUTION_TIMEOUT_S`` (how long
+    a replica may stay pending before it is placed elsewhere). Tasks that the loop enqueues, such
+    as a re-plan after that time-out, run at once in this process. Raises ``DrillError`` before
+    switching anything when the drill cannot run.
     """
     if heartbeat_s <= 0:
         raise DrillError(f"heartbeat {heartbeat_s} s is invalid: use a positive number of seconds")
@@ -330,12 +336,16 @@ def run_drill(
         raise DrillError(f"clusters without a running emulator: {', '.join(missing[:6])}; start the emulated fleet")
     baseline_plan = pick_baseline(clusters, recover=recover, version=baseline_version)
 
-    overrides = {"MCM_HEARTBEAT_INTERVAL_S": heartbeat_s}
+    overrides = {"MCM_HEARTBEAT_INTERVAL_S": heartbeat_s, "CELERY_TASK_ALWAYS_EAGER": True}
+    if pending_timeout_s is not None:
+        if pending_timeout_s <= 0:
+            raise DrillError(f"pending time-out {pending_timeout_s} s is invalid: use a positive number of seconds")
+        overrides["MCM_EXECUTION_TIMEOUT_S"] = pending_timeout_s
     if failback_after_s is not None:
         if failback_after_s < 0:
             raise DrillError(f"failback delay {failback_after_s} s is invalid: use 0 or more seconds")
         overrides["MCM_FAILBACK_AFTER_S"] = failback_after_s
-    with override_settings(**overrides):
+    with override_settings(**overrides), tasks_in_process():
         if timeout_s is None:
             timeout_s = DEFAULT_TIMEOUT_S + (settings.MCM_FAILBACK_AFTER_S if recover else 0)
         check_start(clusters, recover=recover)
@@ -364,6 +374,17 @@ def run_drill(
         progress(f"{len(clusters)} clusters of {scope} {target} are {action}; running MCM's loop...")
         run_loop(state, heartbeat_s=heartbeat_s, timeout_s=timeout_s, recover=recover, progress=progress)
     return state.timeline
+
+
+@contextmanager
+def tasks_in_process() -> Iterator[None]:
+    """Run enqueued Celery tasks at once in this process, as embedded mode does, then restore the setting."""
+    before = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = True
+    try:
+        yield
+    finally:
+        celery_app.conf.task_always_eager = before
 
 
 def pick_baseline(clusters: list[Cluster], *, recover: bool, version: int | None) -> PlacementPlan:
@@ -784,6 +805,7 @@ def run_drills(
     timeout_s: float | None,
     failback_after_s: float | None,
     write: Callable[[str], None],
+    pending_timeout_s: float | None = None,
 ) -> list[Timeline]:
     """Run an outage drill, and with ``recover`` the recovery after it; write each timeline. Returns them."""
     outage = run_drill(
@@ -793,6 +815,7 @@ def run_drills(
         progress=write,
         heartbeat_s=heartbeat_s,
         timeout_s=timeout_s,
+        pending_timeout_s=pending_timeout_s,
     )
     write("")
     write(outage.format())
@@ -809,6 +832,7 @@ def run_drills(
             timeout_s=timeout_s,
             failback_after_s=failback_after_s,
             baseline_version=outage.baseline_version,
+            pending_timeout_s=pending_timeout_s,
         )
         write("")
         write(recovery.format())

@@ -85,6 +85,13 @@ class Command(BaseCommand):
             help="Seconds between the drill's telemetry reads (default 10).",
         )
         parser.add_argument(
+            "--drill-pending-timeout-s",
+            type=float,
+            default=30.0,
+            help="Seconds a replica may stay pending before it is placed elsewhere, for the drill only (default 30, "
+            "because emulated replicas start in seconds; MCM_EXECUTION_TIMEOUT_S is for real pods).",
+        )
+        parser.add_argument(
             "--drill-failback-after-s",
             type=float,
             default=None,
@@ -111,6 +118,7 @@ class Command(BaseCommand):
         drill_recover,
         drill_heartbeat_s,
         drill_failback_after_s,
+        drill_pending_timeout_s,
         **options,
     ):
         if deployments < 1:
@@ -130,6 +138,10 @@ class Command(BaseCommand):
         if (drill_recover or drill_failback_after_s is not None) and not drill:
             raise CommandError(
                 "--drill-recover and --drill-failback-after-s need --drill-provider, --drill-region or --drill-cluster"
+            )
+        if drill_pending_timeout_s <= 0:
+            raise CommandError(
+                f"--drill-pending-timeout-s {drill_pending_timeout_s} is invalid: use a positive number of seconds"
             )
         if drill_failback_after_s is not None and drill_failback_after_s < 0:
             raise CommandError(f"--drill-failback-after-s {drill_failback_after_s} is invalid: use 0 or more seconds")
@@ -173,6 +185,7 @@ class Command(BaseCommand):
                         heartbeat_s=drill_heartbeat_s,
                         timeout_s=None,
                         failback_after_s=drill_failback_after_s,
+                        pending_timeout_s=drill_pending_timeout_s,
                         write=self.stdout.write,
                     )
                 except DrillError as error:

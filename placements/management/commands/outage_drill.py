@@ -46,6 +46,13 @@ class Command(BaseCommand):
             "delay for the recovery).",
         )
         parser.add_argument(
+            "--pending-timeout-s",
+            type=float,
+            default=30.0,
+            help="Seconds a replica may stay pending before it is placed elsewhere, for the drill only (default 30, "
+            "because emulated replicas start in seconds; MCM_EXECUTION_TIMEOUT_S is for real pods).",
+        )
+        parser.add_argument(
             "--failback-after-s",
             type=float,
             default=None,
@@ -83,6 +90,7 @@ class Command(BaseCommand):
         heartbeat_s,
         timeout_s,
         failback_after_s,
+        pending_timeout_s,
         catalog,
         deployments,
         ready_delay,
@@ -96,6 +104,8 @@ class Command(BaseCommand):
             raise CommandError(f"--heartbeat-s {heartbeat_s} is invalid: use a positive number of seconds")
         if timeout_s is not None and timeout_s <= 0:
             raise CommandError(f"--timeout-s {timeout_s} is invalid: use a positive number of seconds")
+        if pending_timeout_s <= 0:
+            raise CommandError(f"--pending-timeout-s {pending_timeout_s} is invalid: use a positive number of seconds")
         if failback_after_s is not None and failback_after_s < 0:
             raise CommandError(f"--failback-after-s {failback_after_s} is invalid: use 0 or more seconds")
         if failback_after_s is not None and not recover:
@@ -127,6 +137,7 @@ class Command(BaseCommand):
                 heartbeat_s=heartbeat_s,
                 timeout_s=timeout_s,
                 failback_after_s=failback_after_s,
+                pending_timeout_s=pending_timeout_s,
                 write=self.stdout.write,
             )
         except DrillError as error:
