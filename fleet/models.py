@@ -194,6 +194,12 @@ class ClusterCapacity(models.Model):
         default=0, help_text="GPUs used by workloads MCM does not manage; MCM's own replicas are counted by plans."
     )
     hourly_price_per_gpu = models.DecimalField(max_digits=10, decimal_places=4, help_text="USD per GPU-hour.")
+    largest_node_gpus = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Allocatable GPUs of the largest ready node, from telemetry: a replica needs its GPUs on one "
+        "node, so larger replicas do not fit. Empty until the cluster is read.",
+    )
     pricing_model = models.CharField(max_length=16, choices=PricingModel.choices, default=PricingModel.ON_DEMAND)
     avoid_until = models.DateTimeField(
         null=True,

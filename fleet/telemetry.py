@@ -184,6 +184,7 @@ def summarise_gpus(nodes: list[NodeGpus]) -> GpuSummary:
     summary = GpuSummary()
     allocatable: dict[str, int] = defaultdict(int)
     ready_nodes: dict[str, int] = defaultdict(int)
+    largest: dict[str, int] = defaultdict(int)
     for node in nodes:
         if not node.gpu_product or node.allocatable_gpus == 0:
             continue
@@ -195,7 +196,12 @@ def summarise_gpus(nodes: list[NodeGpus]) -> GpuSummary:
         # A SKU whose nodes are all not ready still gets an entry, with 0 GPUs.
         allocatable[sku] += node.allocatable_gpus if node.ready else 0
         ready_nodes[sku] += 1 if node.ready else 0
-    summary.by_sku = {sku: {"allocatable": allocatable[sku], "nodes": ready_nodes[sku]} for sku in sorted(allocatable)}
+        if node.ready:
+            largest[sku] = max(largest[sku], node.allocatable_gpus)
+    summary.by_sku = {
+        sku: {"allocatable": allocatable[sku], "nodes": ready_nodes[sku], "largest_node": largest[sku]}
+        for sku in sorted(allocatable)
+    }
     return summary
 
 
@@ -238,13 +244,15 @@ def update_capacity(
         skus = {sku.name: sku for sku in GpuSku.objects.filter(name__in=list(gpus.by_sku))}
     for name, row in rows.items():
         allocatable = gpus.by_sku.get(name, {}).get("allocatable", 0)
-        if row.allocatable_gpus == allocatable:
+        largest = gpus.by_sku.get(name, {}).get("largest_node", 0)
+        if row.allocatable_gpus == allocatable and row.largest_node_gpus == largest:
             continue
         row.allocatable_gpus = allocatable
+        row.largest_node_gpus = largest
         row.total_gpus = max(row.total_gpus, allocatable)
         # The database requires in-use GPUs to fit in the allocatable ones.
         row.in_use_gpus = min(row.in_use_gpus, allocatable)
-        row.save(update_fields=["allocatable_gpus", "total_gpus", "in_use_gpus", "updated_at"])
+        row.save(update_fields=["allocatable_gpus", "largest_node_gpus", "total_gpus", "in_use_gpus", "updated_at"])
         logger.info("cluster %s now has %s allocatable %s GPUs", cluster.name, allocatable, name)
     for name, counts in gpus.by_sku.items():
         if name in rows:
@@ -260,6 +268,7 @@ def update_capacity(
             sku=sku,
             total_gpus=counts["allocatable"],
             allocatable_gpus=counts["allocatable"],
+            largest_node_gpus=counts.get("largest_node"),
             hourly_price_per_gpu=price_elsewhere(cluster, sku),
         )
         logger.info("cluster %s has new capacity: %s x %s", cluster.name, counts["allocatable"], name)

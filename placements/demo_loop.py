@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import OperationalError, close_old_connections
 
 from emulator import EmulatedCluster
 from fleet.clusters import register_cluster
@@ -240,6 +240,9 @@ class BackgroundLoop:
         while not self._stop.wait(self.interval_s):
             try:
                 tick()
+            except OperationalError as error:
+                # SQLite lets one transaction write at a time; an admin action can hold it past the wait.
+                logger.warning("control loop tick skipped: %s; the next tick runs in %s s", error, self.interval_s)
             except Exception:
                 logger.exception("control loop tick failed; the next tick runs in %s s", self.interval_s)
             finally:

@@ -140,6 +140,11 @@ def load_clusters(
             for capacity in cluster.capacities.all()
         }
         prices = {capacity.sku.name: float(capacity.hourly_price_per_gpu) for capacity in cluster.capacities.all()}
+        largest = {
+            capacity.sku.name: capacity.largest_node_gpus
+            for capacity in cluster.capacities.all()
+            if capacity.largest_node_gpus is not None
+        }
         result.append(
             ClusterInput(
                 id=cluster.pk,
@@ -152,6 +157,7 @@ def load_clusters(
                 capabilities=frozenset(cluster.capabilities),
                 free_gpus=free,
                 price_per_gpu_hour=prices,
+                largest_node_gpus=largest,
                 schedulable=state.schedulable and not what_if,
                 holds_current=holds,
                 state=label,

@@ -102,11 +102,16 @@ class ClusterTable:
         self.offers = {sku: np.zeros(count, dtype=bool) for sku in skus}
         self.free = {sku: np.zeros(count, dtype=np.int64) for sku in skus}
         self.price = {sku: np.zeros(count, dtype=float) for sku in skus}
+        # GPUs of the largest node per SKU; unknown sizes do not limit.
+        self.largest_node = {sku: np.full(count, np.iinfo(np.int64).max, dtype=np.int64) for sku in skus}
         for index, cluster in enumerate(clusters):
             for sku, free in cluster.free_gpus.items():
                 self.offers[sku][index] = True
                 self.free[sku][index] = free
                 self.price[sku][index] = cluster.price_per_gpu_hour.get(sku, 0.0)
+                largest = cluster.largest_node_gpus.get(sku)
+                if largest is not None:
+                    self.largest_node[sku][index] = largest
         self._lock_masks: dict[LockInput, list[tuple[str, np.ndarray]]] = {}
 
     def lock_masks(self, lock: LockInput) -> list[tuple[str, np.ndarray]]:
@@ -196,11 +201,21 @@ def filter_clusters(
         groups.append(_group(NOT_SCHEDULABLE, message, stopped & (table.states == state), table))
     alive &= table.schedulable
 
-    fits = {sku: alive & (table.free[sku] >= deployment.gpus_per_replica) for sku in skus}
+    gpus = deployment.gpus_per_replica
+    # A replica's GPUs must be on one node, so clusters whose nodes are all smaller cannot run it.
+    big_enough = {sku: alive & (table.largest_node[sku] >= gpus) for sku in skus}
+    big_any = np.zeros(len(table.clusters), dtype=bool)
+    for mask in big_enough.values():
+        big_any |= mask
+    small = alive & ~big_any
+    if small.any():
+        message = f"full: no node has {gpus} GPUs of {', '.join(skus)}"
+        groups.append(_group(FULL, message, small, table))
+    fits = {sku: big_enough[sku] & (table.free[sku] >= gpus) for sku in skus}
     fits_any = np.zeros(len(table.clusters), dtype=bool)
     for mask in fits.values():
         fits_any |= mask
-    full = alive & ~fits_any
+    full = alive & big_any & ~fits_any
     if full.any():
         message = f"full: fewer than {deployment.gpus_per_replica} free GPUs of {', '.join(skus)}"
         groups.append(_group(FULL, message, full, table))

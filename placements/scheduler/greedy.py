@@ -61,7 +61,7 @@ def evaluate(problem: ProblemInput, assignments: dict[PlacementKey, int]) -> tup
 
 
 def check_plan(problem: ProblemInput, assignments: dict[PlacementKey, int]) -> list[str]:
-    """Return every hard-constraint violation in a plan: capacity, locks, SKU fit, schedulability, spread.
+    """Return every hard-constraint violation in a plan: capacity, node size, locks, SKU fit, schedulability, spread.
 
     Replicas on a cluster that is not schedulable are valid only on a held pair (see
     ``placements.scheduler.candidates``), and at most as many as run there now. Held pairs take no
@@ -99,6 +99,12 @@ def check_plan(problem: ProblemInput, assignments: dict[PlacementKey, int]) -> l
                 violations.append(f"{deployment.name} on {cluster.name}: {reason}")
         if cluster.schedulable:
             used_gpus[cluster_id, sku] += replicas * deployment.gpus_per_replica
+            largest = cluster.largest_node_gpus.get(sku)
+            if largest is not None and largest < deployment.gpus_per_replica:
+                violations.append(
+                    f"{deployment.name} on {cluster.name}/{sku}: {deployment.gpus_per_replica} GPUs per replica, "
+                    f"largest node has {largest}"
+                )
         by_cluster[deployment_id][cluster_id] += replicas
 
     for (cluster_id, sku), gpus in sorted(used_gpus.items()):

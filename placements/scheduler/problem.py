@@ -27,6 +27,8 @@ class ClusterInput:
     free_gpus: dict[str, int] = field(default_factory=dict)
     # SKU name -> USD per GPU-hour.
     price_per_gpu_hour: dict[str, float] = field(default_factory=dict)
+    # SKU name -> GPUs of the largest node; a replica needs its GPUs on one node. Absent: not known.
+    largest_node_gpus: dict[str, int] = field(default_factory=dict)
     # False for a cordoned, draining, suspect, recovering or down cluster, or one excluded by a dry run.
     schedulable: bool = True
     # For a cluster that is not schedulable: True keeps the replicas running there now (cordoned,

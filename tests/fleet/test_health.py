@@ -760,7 +760,7 @@ def test_collect_many_reads_clusters_and_records_failure(sites, fleet):
     by_name = {snapshot.cluster.name: snapshot for snapshot in snapshots}
     assert list(by_name) == ["aws-use1-a", "aws-euw1-a", "gcp-usw4-a", "aws-use1-b"]
     assert by_name["aws-use1-a"].ok
-    assert by_name["aws-use1-a"].gpus_by_sku == {"H100": {"allocatable": 8, "nodes": 1}}
+    assert by_name["aws-use1-a"].gpus_by_sku == {"H100": {"allocatable": 8, "nodes": 1, "largest_node": 8}}
     assert not by_name["aws-euw1-a"].ok
     assert "list nodes" in by_name["aws-euw1-a"].error
     assert not by_name["aws-use1-b"].ok

@@ -39,7 +39,7 @@ def test_collect_records_snapshot_and_heartbeat(east, acme_chat):
 
     east.cluster.refresh_from_db()
     assert snapshot.ok
-    assert snapshot.gpus_by_sku == {"H100": {"allocatable": 16, "nodes": 2}}
+    assert snapshot.gpus_by_sku == {"H100": {"allocatable": 16, "nodes": 2, "largest_node": 8}}
     assert snapshot.deployments[str(acme_chat.pk)]["replicas"] == 2
     assert east.cluster.last_heartbeat_at == snapshot.taken_at
 

@@ -1,5 +1,7 @@
 """Take the emulated clusters of a provider, region or cluster down (and back up) and print MCM's timeline."""
 
+import logging
+import os
 import time
 from pathlib import Path
 
@@ -111,6 +113,9 @@ class Command(BaseCommand):
         if failback_after_s is not None and not recover:
             raise CommandError("--failback-after-s needs --recover")
 
+        if options["verbosity"] < 2 and "LOG_LEVEL" not in os.environ:
+            # The timeline is the output; per-cluster INFO lines would bury it (-v 2 shows them).
+            logging.getLogger().setLevel(logging.WARNING)
         call_command("migrate", verbosity=0, interactive=False)
         # Check the name before the long seeding when there is a fleet to check it against.
         if Cluster.objects.exists():
