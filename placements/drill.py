@@ -336,7 +336,7 @@ def run_drill(
         raise DrillError(f"clusters without a running emulator: {', '.join(missing[:6])}; start the emulated fleet")
     baseline_plan = pick_baseline(clusters, recover=recover, version=baseline_version)
 
-    overrides = {"MCM_HEARTBEAT_INTERVAL_S": heartbeat_s, "CELERY_TASK_ALWAYS_EAGER": True}
+    overrides = {"MCM_HEARTBEAT_INTERVAL_S": heartbeat_s}
     if pending_timeout_s is not None:
         if pending_timeout_s <= 0:
             raise DrillError(f"pending time-out {pending_timeout_s} s is invalid: use a positive number of seconds")
@@ -345,7 +345,7 @@ def run_drill(
         if failback_after_s < 0:
             raise DrillError(f"failback delay {failback_after_s} s is invalid: use 0 or more seconds")
         overrides["MCM_FAILBACK_AFTER_S"] = failback_after_s
-    with override_settings(**overrides), tasks_in_process():
+    with tasks_in_process(), override_settings(**overrides):
         if timeout_s is None:
             timeout_s = DEFAULT_TIMEOUT_S + (settings.MCM_FAILBACK_AFTER_S if recover else 0)
         check_start(clusters, recover=recover)

@@ -67,7 +67,7 @@ def execute_plan(self, plan_id: int) -> dict:
     """
     # Where tasks run in process (embedded mode), a retry or a countdown would run at once, inside
     # this call, and recurse: there a call makes one pass and the control loop makes the next.
-    in_process = settings.CELERY_TASK_ALWAYS_EAGER
+    in_process = bool(self.app.conf.task_always_eager)
     with recorded_run("execute_plan", self.request.id or "") as set_summary:
         report = execution.execute_plan(plan_id)
         set_summary(report.as_dict())

@@ -149,14 +149,18 @@ def test_same_tier_removal_still_waits_for_replacements(sites, acme_chat):
     assert sites.east.ready(other) == 8
 
 
-def test_execute_plan_task_in_process_makes_one_pass(settings, monkeypatch, sites, acme_chat):
-    settings.CELERY_TASK_ALWAYS_EAGER = True
+def test_execute_plan_task_in_process_makes_one_pass(monkeypatch, sites, acme_chat):
     enqueued = []
     monkeypatch.setattr(placement_tasks.execute_plan, "apply_async", lambda *args, **kwargs: enqueued.append(args))
     sites.west.emulated.set_never_ready(True)
     plan = apply_plan([(acme_chat, sites.west.cluster, 2)])
-
-    report = placement_tasks.execute_plan.apply(args=(plan.pk,)).get()
+    conf = placement_tasks.execute_plan.app.conf
+    eager = conf.task_always_eager
+    conf.task_always_eager = True  # as in embedded mode
+    try:
+        report = placement_tasks.execute_plan.apply(args=(plan.pk,)).get()
+    finally:
+        conf.task_always_eager = eager
 
     assert report["waiting"] == 1
     assert enqueued == []
