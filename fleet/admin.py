@@ -208,7 +208,7 @@ class ClusterAdmin(admin.ModelAdmin):
         if reader is None or (timezone.now() - reader.now).total_seconds() > 1:
             reader = self._availability_reader = AvailabilityReader()
         state = reader(cluster)
-        return f"{state.mode} ({state.reason})"
+        return state.mode if state.reason == state.mode else f"{state.mode} ({state.reason})"
 
     def get_readonly_fields(self, request, obj=None):
         fields = [*super().get_readonly_fields(request, obj), *self.health_fields]
