@@ -270,11 +270,13 @@ class ClusterAdmin(admin.ModelAdmin):
     def total_gpus(self, cluster):
         return cluster.total_gpus
 
-    @admin.display(description="free GPUs", ordering="free_gpus")
+    # "For MCM" is allocatable minus other workloads' GPUs: MCM's own replicas are counted by the
+    # plans, not here, so a cluster full of MCM's replicas still shows all its GPUs.
+    @admin.display(description="GPUs for MCM", ordering="free_gpus")
     def free_gpus(self, cluster):
         return cluster.free_gpus
 
-    @admin.display(description="free / total by SKU")
+    @admin.display(description="for MCM / total, by SKU")
     def gpus_by_sku(self, cluster):
         return format_html_join(
             ", ",
