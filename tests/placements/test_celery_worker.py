@@ -4,80 +4,33 @@ The worker serves a queue of its own, so it takes no other test's or engineer's 
 uses the test database through ``DATABASE_URL``.
 """
 
-import os
-import signal
-import subprocess
-import uuid
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from django.conf import settings
-from django.db import connection
-from kombu import Exchange, Queue
 
 from fleet.models import TelemetrySnapshot
-from mcm_site.celery import app
 from placements.models import ExecutionStep, StepStatus
 from placements.tasks import collect_telemetry, execute_plan, reconcile_clusters
 from tasks.models import TaskRun, TaskRunStatus
+from tests.celery_worker import database_url, running_worker
 from tests.placements.execution_factories import H100_LABEL, apply_plan, poll, start_site
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 WORKER_DEADLINE_S = 30.0
-STOP_TIMEOUT_S = 10.0
-
-
-def database_url() -> str:
-    db = connection.settings_dict
-    credentials = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
-    return f"postgres://{credentials}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
 @pytest.fixture(scope="module")
 def worker(django_db_setup, django_db_blocker, tmp_path_factory):
-    queue = f"mcm-test-{uuid.uuid4().hex[:12]}"
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
     with django_db_blocker.unblock():
         url = database_url()
-    env = {
-        **os.environ,
-        "DATABASE_URL": url,
-        "MCM_CLUSTER_CALLS_PER_SECOND": "1000",
-        "MCM_EXECUTION_POLL_S": "0.2",
-    }
-    command = [
-        str(Path(settings.BASE_DIR) / ".venv" / "bin" / "celery"),
-        "-A",
-        "mcm_site",
-        "worker",
-        "--pool=solo",
-        "-Q",
-        queue,
-        "-n",
-        f"{queue}@%h",
-        "--without-heartbeat",
-        "--without-gossip",
-        "--without-mingle",
-        "--loglevel=INFO",
-    ]
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(command, cwd=settings.BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
-    yield SimpleNamespace(queue=queue, process=process, log_path=log_path)
-
-    process.send_signal(signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-    # Messages still queued (a pending poll of execute_plan) and the queue's bindings would
-    # otherwise stay in Redis. Declaring the queue here lets kombu find the bindings it deletes.
-    with app.connection_for_write() as broker:
-        bound = Queue(queue, Exchange(queue, type="direct"), routing_key=queue)(broker.default_channel)
-        bound.declare()
-        bound.delete()
+    with running_worker(
+        prefix="mcm-test",
+        log_dir=tmp_path_factory.mktemp("worker"),
+        database=url,
+        env={"MCM_CLUSTER_CALLS_PER_SECOND": "1000", "MCM_EXECUTION_POLL_S": "0.2"},
+    ) as started:
+        yield started
 
 
 @pytest.fixture
