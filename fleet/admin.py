@@ -1,6 +1,6 @@
 """Admin for the pool's inventory (where the GPUs are, how many are free, at what price), outages and alerts.
 
-Cluster state changes and outages go through ``fleet.operations``: each admin action asks for a
+Cluster state changes and outages go through ``fleet.operations``: each admin action requests a
 reason on a confirmation page, so every change is audited and re-planned like the API's.
 """
 
@@ -202,7 +202,7 @@ class ClusterAdmin(admin.ModelAdmin):
 
     @admin.display(description="Placement")
     def placement(self, cluster: Cluster) -> str:
-        """What placement may do with the cluster now: an outage or a failback wait shows here."""
+        """Return what placement may do with the cluster now, so an outage or a failback wait shows."""
         # Rows of one page share a reader, so the outages are read about once per page.
         reader = getattr(self, "_availability_reader", None)
         if reader is None or (timezone.now() - reader.now).total_seconds() > 1:

@@ -1,6 +1,6 @@
 """What placement may do with each cluster now, from the operator's state, health and open outages.
 
-One function answers it for the scheduler, the executor, the routes and the admin, so they agree:
+One function decides it for the scheduler, the executor, the routes and the admin, so they agree:
 
 - lost: an open outage covers the cluster, or it is down (health or state). Its replicas are
   placed elsewhere, and MCM does not call its API until it is back.

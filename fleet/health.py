@@ -18,7 +18,7 @@ fresh heartbeat, so a flapping cluster does not flip back on one good read.
 Heartbeat age counts from the latest of the last heartbeat, the cluster's creation and the time
 the evaluator resumed after MCM itself was stopped, so that silence while MCM's workers did not
 run is not blamed on clusters. A cluster that has an endpoint but has never had a heartbeat is
-judged by its failed reads only, because the time it was registered is not stored and a cluster
+judged by its failed reads only. The time it was registered is not stored, and a cluster
 registered long after it was created must not go down before its first read.
 """
 

@@ -112,11 +112,11 @@ class ClusterState(models.TextChoices):
 
 
 class ClusterHealth(models.TextChoices):
-    """Health judged from heartbeats and API errors; see ``fleet.health``.
+    """Health judged from heartbeats and API errors by ``fleet.health``.
 
-    The operator's ``ClusterState`` says what MCM may do with a cluster; health says whether the
-    cluster answers. A suspect cluster keeps its replicas but gets no new ones; a down cluster's
-    replicas are placed elsewhere.
+    The operator's ``ClusterState`` sets what MCM may do with a cluster, and health records whether
+    the cluster responds. A suspect cluster keeps its replicas but gets no new ones. A down
+    cluster's replicas are placed elsewhere.
     """
 
     HEALTHY = "healthy", "Healthy"
@@ -375,7 +375,7 @@ class Outage(models.Model):
     """A cluster, region or provider out of service, declared by staff or detected from health.
 
     While an outage is open, every cluster it covers counts as down for placement. A detected
-    region or provider outage records that every cluster there is down; it does not change the
+    region or provider outage records that every cluster there is down. It does not change the
     clusters, and it closes by itself when one of them is healthy again.
     """
 

@@ -185,7 +185,7 @@ def check_outage(*, scope, target, reason) -> str:
 
 
 def declare_outage(*, scope: str, target, actor, reason: str) -> Outage:
-    """Declare ``target`` (a cluster, region or provider, as ``scope`` says) out of service.
+    """Declare ``target`` (a cluster, region or provider, matching ``scope``) out of service.
 
     Every cluster the outage covers counts as lost until it is cleared, so the re-plan enqueued on
     commit places their replicas elsewhere. Raises a critical ``outage.open`` alert.
@@ -281,7 +281,7 @@ def preview_replan(
 
     Names are provider names, region codes or 'provider/code' keys, and cluster names; the caller
     checks that they exist. The dry-run plan is stored (status dry_run) and audited, but nothing
-    is applied. The result holds replicas added and removed, the net change per provider and per
+    is applied. The result contains replicas added and removed, the net change per provider and per
     region, and unmet replicas per tier before (current plan) and after (the dry run).
     """
     from placements.models import PlanTrigger

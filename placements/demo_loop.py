@@ -219,7 +219,7 @@ class BackgroundLoop:
 
     Embedded mode has no Celery worker or beat, so without it an operator's drain or outage would
     get one execution pass and stop. Each tick reads every cluster, judges health, lets overdue
-    failovers proceed, re-plans when health asks for it, and runs an execution pass and a
+    failovers proceed, re-plans when health requests it, and runs an execution pass and a
     reconcile. A failed tick is logged and the next one runs.
     """
 
@@ -250,7 +250,7 @@ class BackgroundLoop:
 
 
 def tick() -> None:
-    """One round of MCM's control loop in this process: telemetry, health, failover, plan, execution."""
+    """Run one round of MCM's control loop in this process: telemetry, health, failover, plan, execution."""
     # Imported here: the failover stack is needed only while serving.
     from fleet.health import evaluate_health
     from placements.failover import expire_requests

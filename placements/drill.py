@@ -318,12 +318,12 @@ def run_drill(
     """Take a provider's, region's or cluster's emulated clusters down (or back up) and time MCM's response.
 
     ``emulated`` are the running emulated clusters, matched to MCM's clusters by name. With
-    ``recover`` the drill brings them back and times failback; ``failback_after_s`` then replaces
+    ``recover`` the drill brings them back and times failback. ``failback_after_s`` then replaces
     ``MCM_FAILBACK_AFTER_S`` for the drill, and ``baseline_version`` names the plan whose replicas
     should return (default: the last plan that placed replicas on these clusters). The health
-    thresholds are the configured ones; ``MCM_HEARTBEAT_INTERVAL_S`` is set to ``heartbeat_s`` for
-    the drill, and ``pending_timeout_s``, if given, replaces ``MCM_EXECUTION_TIMEOUT_S`` (how long
-    a replica may stay pending before it is placed elsewhere). Tasks that the loop enqueues, such
+    thresholds are the configured ones. ``MCM_HEARTBEAT_INTERVAL_S`` is set to ``heartbeat_s`` for
+    the drill. ``pending_timeout_s``, if given, replaces ``MCM_EXECUTION_TIMEOUT_S``: how long a
+    replica may stay pending before it is placed elsewhere. Tasks that the loop enqueues, such
     as a re-plan after that time-out, run at once in this process. Raises ``DrillError`` before
     switching anything when the drill cannot run.
     """

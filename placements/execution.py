@@ -357,7 +357,7 @@ def advance_plan(
         logger.info("plan v%s: %s steps wait for lost clusters", plan.version, report.waiting_for_cluster)
     observations = dict(observations or {})
     targets = plan_targets(plan, lost)
-    # The make-before-break gate reads every cluster that holds a pending deployment's
+    # The make-before-break gate reads every cluster that runs a pending deployment's
     # replacements, including clusters whose own steps are already executed.
     # TODO: a plan that swaps two deployments between two full clusters waits here until the
     # steps time out (MCM_EXECUTION_TIMEOUT_S) and the re-plan avoids that capacity. This goes

@@ -169,9 +169,9 @@ class FailoverPlanner:
         still_open = any(
             request.kind == FailoverKind.FAILOVER and not self.all_schedulable(request) for request in requests
         )
-        # Replicas on a cordoned, suspect, recovering or draining cluster constrain the deployment too:
-        # under the full rule, replicas kept on one such cluster could only stay if others came
-        # elsewhere, so a deployment with nowhere else to go would lose all of them.
+        # Replicas on a cordoned, suspect, recovering or draining cluster constrain the deployment too.
+        # Under the full rule they could stay only if other replicas ran elsewhere, so a deployment
+        # with nowhere else to go would lose all of them.
         constrained = any(
             cluster in self.clusters and not self.clusters[cluster].schedulable
             for cluster, replicas in self.current[deployment.id].items()
@@ -465,8 +465,8 @@ class FailoverPlanner:
 def _open_requests(*, lock: bool) -> dict[int, list[FailoverRequest]]:
     """Return the requests that still steer planning, by deployment id, oldest first.
 
-    With ``lock``, their rows stay locked until the run commits, so a staff decision made
-    meanwhile waits and then sees what the run wrote, instead of being overwritten by it.
+    With ``lock``, their rows stay locked until the run commits. A staff decision made meanwhile
+    waits, then reads what the run wrote, so the run does not overwrite it.
     """
     requests = (
         FailoverRequest.objects.filter(

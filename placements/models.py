@@ -43,7 +43,7 @@ class FailoverPolicy(models.TextChoices):
 class SpreadMode(models.TextChoices):
     """What the spread rule does while clusters the deployment ran on are lost.
 
-    Hard: no cluster, provider or region holds more replicas than the rule allows at full
+    Hard: no cluster, provider or region runs more replicas than the rule allows at full
     strength, so the deployment runs degraded instead. Soft: the rule is set aside until the lost
     clusters are back, then restored by the next plan.
     """
@@ -412,8 +412,8 @@ class FailoverRequestQuerySet(models.QuerySet["FailoverRequest"]):
 class FailoverRequest(models.Model):
     """A move of one deployment's replicas off lost clusters, or back to recovered ones.
 
-    Every failover is recorded, whatever the policy: under the automatic policy the request is
-    approved at once by "automatic"; under the approval policy it waits for staff until its
+    Every failover is recorded, whatever the policy. Under the automatic policy the request is
+    approved at once by "automatic". Under the approval policy it waits for staff until its
     deadline. A failback request exists only for deployments whose failback needs approval.
     """
 

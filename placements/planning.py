@@ -132,9 +132,9 @@ def load_clusters(
         elif cluster.name in exclusions.cordon_clusters:
             holds, label = state.holds_current or state.schedulable, "cordoned (what-if)"
         # Capacity where replicas recently failed to become ready counts as full until avoid_until.
-        # TODO: free GPUs are counted per cluster and SKU, not per node, so a replica whose GPUs
-        # fit in the total but on no single node stays pending until its step times out; this
-        # goes once telemetry reports free GPUs per node and the scheduler packs replicas by node.
+        # TODO: free GPUs are counted per cluster and SKU, not per node. A replica whose GPUs fit
+        # in the total but on no single node stays pending until its step times out. This goes
+        # once telemetry reports free GPUs per node and the scheduler packs replicas by node.
         free = {
             capacity.sku.name: 0 if capacity.avoid_until and capacity.avoid_until > now else capacity.free_gpus
             for capacity in cluster.capacities.all()

@@ -285,7 +285,7 @@ def test_ops_cannot_open_lock_admin(client, ops):
     assert response.status_code == 403
 
 
-# Operator controls: every action asks for a reason on a confirmation page and goes through fleet.operations.
+# Operator controls: every action requests a reason on a confirmation page and goes through fleet.operations.
 
 
 @pytest.fixture

@@ -93,8 +93,8 @@ class DeploymentInput:
 
 
 # DeploymentInput.spread values.
-SPREAD_FULL = "full"  # no cluster holds every placed replica; min providers and regions spanned
-SPREAD_CAPPED = "capped"  # no cluster, provider or region holds more than the full rule allows it; fewer may be placed
+SPREAD_FULL = "full"  # no cluster runs every placed replica, and min providers and regions are spanned
+SPREAD_CAPPED = "capped"  # no cluster, provider or region runs more than the full rule allows; fewer may be placed
 SPREAD_OFF = "off"  # no spread rule
 
 

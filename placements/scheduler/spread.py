@@ -3,7 +3,7 @@
 - SPREAD_FULL, for R >= 2 desired replicas: no single cluster has every placed replica (so placing
   exactly one breaks it too), and the placed replicas span at least ``min_providers`` providers and
   ``min_regions`` regions.
-- SPREAD_CAPPED, for R >= 2: each cluster holds at most R - 1 replicas, each provider at most
+- SPREAD_CAPPED, for R >= 2: each cluster runs at most R - 1 replicas, each provider at most
   R - (min_providers - 1) when min_providers >= 2, and each region at most R - (min_regions - 1) when
   min_regions >= 2. These are the most the full rule allows one cluster, provider or region when all
   R replicas are placed. Placing fewer, even one, is allowed, so a hard-spread deployment stays

@@ -10,9 +10,9 @@ recorded instead of sent to the broker, and the next tick runs them in process. 
 with real transactions (``transaction=True``), so those on-commit enqueues happen as in
 production.
 
-Settings are short so that a scenario takes seconds: 1-second heartbeats, a cluster down after 2
-failed reads in a row or 4 s of silence, healthy again after 2 good reads, failback 2 s after
-recovery, and pods ready 0.2 s after they are scheduled.
+Settings are short so that a scenario takes seconds. Heartbeats come every second. A cluster is
+down after 2 failed reads in a row or 4 s of silence, and healthy again after 2 good reads.
+Failback comes 2 s after recovery, and pods are ready 0.2 s after they are scheduled.
 """
 
 import logging

@@ -171,7 +171,7 @@ def test_time_out_lets_failover_proceed(setup):
     assert placed_on(after, chat) == {"gcp-use4-a": 1}
 
 
-def test_expire_task_times_out_due_requests_and_enqueues_replan(setup, monkeypatch, django_capture_on_commit_callbacks):
+def test_expire_task_enqueues_replan(setup, monkeypatch, django_capture_on_commit_callbacks):
     from placements.models import FailoverRequest
     from placements.tasks import expire_failover_requests
     from tasks.models import TaskRun

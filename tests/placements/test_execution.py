@@ -90,15 +90,14 @@ def test_move_keeps_old_replicas_until_new_ones_ready(sites, acme_chat):
     assert sites.west.ready(acme_chat) == 3
 
 
-def test_scale_down_proceeds_once_replacements_executed_in_earlier_pass(sites, acme_chat):
+def test_scale_down_after_replacements_executed(sites, acme_chat):
     first = apply_plan([(acme_chat, sites.east.cluster, 3)])
     execute_until_done(first)
     sites.west.emulated.ready_delay_s = 0.3
     second = apply_plan([(acme_chat, sites.west.cluster, 3)])
     assert execute_plan(second.pk).blocked == 1
-    # A pass that finds the new replicas ready marks their step executed and removes the old ones
-    # in the same pass, so here the old step is made to wait one pass longer, as a step whose
-    # first attempt failed would.
+    # A pass that finds the new replicas ready also removes the old ones. Failing the old
+    # cluster's API for one pass makes the old step wait a pass longer, as a failed attempt would.
     poll(lambda: sites.west.ready(acme_chat) == 3)
     sites.east.emulated.set_errors(1.0, status=503)
     execute_plan(second.pk)
@@ -112,7 +111,7 @@ def test_scale_down_proceeds_once_replacements_executed_in_earlier_pass(sites, a
     assert sites.east.observed(acme_chat) is None
 
 
-def test_preempted_lower_tier_leaves_without_waiting_for_its_replacements(sites, acme_chat, globex):
+def test_preempted_lower_tier_leaves_first(sites, acme_chat, globex):
     batch = Deployment.objects.create(
         customer=globex, name="batch", sku=acme_chat.sku, gpus_per_replica=2, desired_replicas=8, max_replicas=8
     )
