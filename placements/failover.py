@@ -155,9 +155,11 @@ class FailoverPlanner:
         }
 
     def decide(self, deployment: DeploymentInput) -> DeploymentInput:
+        """Return the deployment's scheduler input with this run's spread, holds, exclusions and penalties."""
         policy = self.policies.get(deployment.id)
         if policy is None:  # created after the deployments were read, so the next run plans it
             return deployment
+
         lost_here = {
             cluster: replicas for cluster, replicas in self.current[deployment.id].items() if cluster in self.lost
         }
@@ -166,6 +168,7 @@ class FailoverPlanner:
         hold: frozenset[int] = frozenset()
         if lost_here:
             hold = self.decide_failover(deployment, policy, requests, lost_here, excluded)
+
         still_open = any(
             request.kind == FailoverKind.FAILOVER and not self.all_schedulable(request) for request in requests
         )
@@ -180,6 +183,7 @@ class FailoverPlanner:
         spread = SPREAD_FULL
         if lost_here or still_open or constrained:
             spread = SPREAD_CAPPED if policy.spread_mode == SpreadMode.HARD else SPREAD_OFF
+
         return replace(
             deployment,
             spread=spread,
