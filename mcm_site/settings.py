@@ -230,3 +230,13 @@ MCM_FAILBACK_AFTER_S = float(os.environ.get("MCM_FAILBACK_AFTER_S", "600"))
 MCM_REPEATED_LOSS_COUNT = int(os.environ.get("MCM_REPEATED_LOSS_COUNT", "3"))
 MCM_REPEATED_LOSS_WINDOW_S = float(os.environ.get("MCM_REPEATED_LOSS_WINDOW_S", "3600"))
 MCM_REPEATED_LOSS_AVOID_S = float(os.environ.get("MCM_REPEATED_LOSS_AVOID_S", "3600"))
+# Traffic samples older than this are deleted by the periodic "prune traffic" task.
+MCM_TRAFFIC_RETENTION_S = float(os.environ.get("MCM_TRAFFIC_RETENTION_S", str(7 * 24 * 3600)))
+# Seconds between autoscaler passes; each pass decides every deployment with an enabled policy.
+MCM_AUTOSCALE_INTERVAL_S = float(os.environ.get("MCM_AUTOSCALE_INTERVAL_S", "15"))
+# The route table lives in Redis; the embedded mode has no Redis, so it computes every route from
+# the database, chosen here and not by a missing setting.
+if MCM_EMBEDDED:
+    MCM_ROUTES_REDIS_URL = None
+else:
+    MCM_ROUTES_REDIS_URL = os.environ.get("MCM_ROUTES_REDIS_URL", CELERY_BROKER_URL)

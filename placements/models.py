@@ -3,6 +3,7 @@
 from django.conf import settings
 from django.db import models
 from django.db.models import F, Q
+from django.utils import timezone
 
 from fleet.models import Cluster, GpuSku, Region
 
@@ -209,6 +210,7 @@ class PlanTrigger(models.TextChoices):
     HEALTH = "health", "Cluster health change"
     OPERATOR = "operator", "Operator action"
     APPROVAL = "approval", "Failover decision"
+    AUTOSCALE = "autoscale", "Autoscaler"
 
 
 class PlacementPlanQuerySet(models.QuerySet["PlacementPlan"]):
@@ -478,3 +480,135 @@ class ClusterAvoidance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment} on {self.cluster}: {self.losses} losses"
+
+
+class TrafficSource(models.TextChoices):
+    PULL = "pull", "Pulled from the cluster's API"
+    PUSH = "push", "Pushed by an agent"
+
+
+class TrafficSample(models.Model):
+    """Traffic of one deployment at one time: on one cluster (or overall), from one demand origin (or all).
+
+    Samples arrive as ``traffic`` events through the event API and from the pull collector. The
+    autoscaler and routing read them, and ``MCM_TRAFFIC_RETENTION_S`` bounds how long they are kept.
+    """
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="traffic_samples")
+    cluster = models.ForeignKey(
+        Cluster, on_delete=models.CASCADE, null=True, blank=True, related_name="+",
+        help_text="The cluster that served the traffic; empty when the report covers the whole deployment.",
+    )  # fmt: skip
+    origin = models.CharField(
+        max_length=64, blank=True, help_text="Where the requests came from: a demand origin, city or country code."
+    )
+    requests_per_second = models.FloatField()
+    in_flight = models.FloatField(null=True, blank=True, help_text="Requests in progress; empty when not reported.")
+    observed_at = models.DateTimeField()
+    source = models.CharField(max_length=8, choices=TrafficSource.choices)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-observed_at"]
+        indexes = [
+            models.Index(fields=["deployment", "observed_at"], name="traffic_deployment_time_idx"),
+            models.Index(fields=["observed_at"], name="traffic_time_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(requests_per_second__gte=0) & (Q(in_flight__isnull=True) | Q(in_flight__gte=0)),
+                name="traffic_non_negative",
+                violation_error_message="Requests per second and in-flight requests must be 0 or more.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.deployment_id} at {self.observed_at:%Y-%m-%d %H:%M:%S}: {self.requests_per_second:g} req/s"
+
+
+class AutoscalingPolicy(models.Model):
+    """A deployment's autoscaling rule: how its desired replicas follow its traffic.
+
+    The deployment's ``min_replicas`` and ``max_replicas`` bound the result; ``min_replicas`` 0
+    needs ``scale_to_zero``.
+    """
+
+    deployment = models.OneToOneField(Deployment, on_delete=models.CASCADE, related_name="autoscaling")
+    enabled = models.BooleanField(default=True, help_text="Off: desired replicas are set by hand only.")
+    target_concurrency = models.FloatField(default=8.0, help_text="In-flight requests one replica serves at full load.")
+    target_utilization = models.FloatField(
+        default=0.7, help_text="Share of target_concurrency the autoscaler aims at, in (0, 1]."
+    )
+    window_s = models.PositiveIntegerField(default=60, help_text="Seconds of traffic averaged for each decision.")
+    scale_down_delay_s = models.PositiveIntegerField(
+        default=300, help_text="Seconds the lower need must last before replicas are removed."
+    )
+    max_scale_down_fraction = models.FloatField(
+        default=0.5, help_text="Largest share of replicas removed per minute, in (0, 1]; at least one replica."
+    )
+    scale_to_zero = models.BooleanField(
+        default=False, help_text="Remove every replica after scale_down_delay_s without traffic."
+    )
+    seconds_per_request = models.FloatField(
+        default=1.0, help_text="Mean request duration, to derive in-flight requests from requests per second."
+    )
+    # Recent recommendations and the replica count at each minute, kept for scale_down_delay_s
+    # (see placements.autoscaling).
+    state = models.JSONField(default=dict, blank=True, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "autoscaling policies"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(target_concurrency__gt=0),
+                name="autoscaling_concurrency_positive",
+                violation_error_message="The concurrency target must be greater than 0.",
+            ),
+            models.CheckConstraint(
+                condition=Q(target_utilization__gt=0) & Q(target_utilization__lte=1),
+                name="autoscaling_utilization_range",
+                violation_error_message="The target utilisation must be greater than 0 and at most 1.",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_scale_down_fraction__gt=0) & Q(max_scale_down_fraction__lte=1),
+                name="autoscaling_scale_down_fraction_range",
+                violation_error_message="The scale-down fraction must be greater than 0 and at most 1.",
+            ),
+            models.CheckConstraint(
+                condition=Q(window_s__gte=1) & Q(seconds_per_request__gt=0),
+                name="autoscaling_window_positive",
+                violation_error_message="The window and the request duration must be greater than 0.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"autoscaling of {self.deployment}"
+
+
+class ScalingDirection(models.TextChoices):
+    UP = "up", "Scale up"
+    DOWN = "down", "Scale down"
+
+
+class ScalingDecision(models.Model):
+    """A change of a deployment's desired replicas by the autoscaler, with the measurements behind it."""
+
+    deployment = models.ForeignKey(Deployment, on_delete=models.CASCADE, related_name="scaling_decisions")
+    decided_at = models.DateTimeField(default=timezone.now, db_index=True)
+    direction = models.CharField(max_length=8, choices=ScalingDirection.choices)
+    from_replicas = models.PositiveIntegerField()
+    to_replicas = models.PositiveIntegerField()
+    reason = models.TextField()
+    measurements = models.JSONField(default=dict, help_text="Window, traffic by cluster and origin, limits applied.")
+    plan = models.ForeignKey(
+        PlacementPlan, on_delete=models.SET_NULL, null=True, blank=True, related_name="+",
+        help_text="The plan that placed the change.",
+    )  # fmt: skip
+
+    class Meta:
+        ordering = ["-decided_at"]
+        indexes = [models.Index(fields=["deployment", "-decided_at"], name="scaling_deployment_time_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.deployment}: {self.from_replicas} -> {self.to_replicas} ({self.decided_at:%Y-%m-%d %H:%M:%S})"
