@@ -10,6 +10,7 @@ from typing import Any, Self
 from emulator.objects import ApiError
 from emulator.server import ClusterServer, start_server
 from emulator.store import ClusterState
+from emulator.traffic import OriginTraffic, TrafficTable
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ class EmulatedCluster:
         self.name = name
         self.token = token
         self.state = ClusterState(nodes, ready_delay_s)
+        self.traffic = TrafficTable()
         self._port = port
         self._server: ClusterServer | None = None
         self._lifecycle_lock = threading.Lock()
@@ -210,6 +212,21 @@ class EmulatedCluster:
         self.restore_capacity()
         self.set_unreachable(False)
         return self.faults()
+
+    # Traffic
+
+    def set_traffic(self, deployment: str, by_origin: OriginTraffic, namespace: str = "mcm") -> None:
+        """Report `deployment`'s traffic as origin -> (requests per second, in-flight or None) from now on.
+
+        Replaces what was set for the Deployment before; an empty `by_origin` removes it. The values
+        are served through the custom metrics API until they are changed or cleared.
+        """
+        self.traffic.set(namespace, deployment, by_origin)
+
+    def clear_traffic(self) -> dict:
+        """Remove every Deployment's traffic and return the (empty) traffic table."""
+        self.traffic.clear()
+        return self.traffic.as_dict()
 
     def faults(self) -> dict:
         with self.state.lock:

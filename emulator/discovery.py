@@ -1,5 +1,7 @@
 """Discovery documents (`/version`, `/api`, `/apis`) for the resources the emulator serves."""
 
+from emulator import traffic
+
 EMULATED_VERSION = {"major": "1", "minor": "31", "gitVersion": "v1.31.0-emulated"}
 
 
@@ -60,4 +62,24 @@ APPS_GROUP = {
     "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"},
 }
 
-GROUPS = {"kind": "APIGroupList", "apiVersion": "v1", "groups": [APPS_GROUP]}
+_METRICS_GROUP_VERSION = f"{traffic.GROUP}/{traffic.VERSION}"
+
+CUSTOM_METRICS_GROUP = {
+    "kind": "APIGroup",
+    "apiVersion": "v1",
+    "name": traffic.GROUP,
+    "versions": [{"groupVersion": _METRICS_GROUP_VERSION, "version": traffic.VERSION}],
+    "preferredVersion": {"groupVersion": _METRICS_GROUP_VERSION, "version": traffic.VERSION},
+}
+
+# A metrics adapter lists each metric as "<resource>/<metric>", with the kind MetricValueList.
+CUSTOM_METRICS_RESOURCES = {
+    "kind": "APIResourceList",
+    "apiVersion": "v1",
+    "groupVersion": _METRICS_GROUP_VERSION,
+    "resources": [
+        _resource(f"deployments.apps/{metric}", "MetricValueList", True, ["get"]) for metric in traffic.METRICS
+    ],
+}
+
+GROUPS = {"kind": "APIGroupList", "apiVersion": "v1", "groups": [APPS_GROUP, CUSTOM_METRICS_GROUP]}

@@ -2,7 +2,8 @@
 
 `GET /clusters` lists names, URLs and faults. `GET`, `POST` and `DELETE` on
 `/clusters/<name>/faults` read, set and clear one cluster's faults. They take the same JSON body as
-a cluster's own `/_emulator/faults`.
+a cluster's own `/_emulator/faults`. `/clusters/<name>/traffic` does the same for the cluster's
+traffic, with the body of `/_emulator/traffic`.
 """
 
 import json
@@ -18,7 +19,7 @@ from emulator.server import ClusterServer
 
 logger = logging.getLogger(__name__)
 
-_CLUSTER_FAULTS = re.compile(r"^/clusters/(?P<name>[^/]+)/faults/?$")
+_CLUSTER_CONTROL = re.compile(r"^/clusters/(?P<name>[^/]+)/(?P<control>faults|traffic)/?$")
 
 
 class HubHandler(BaseHTTPRequestHandler):
@@ -60,12 +61,14 @@ class HubHandler(BaseHTTPRequestHandler):
         if path.rstrip("/") == "/clusters" and self.command == "GET":
             listing = [{"name": c.name, "url": c.url, "faults": c.faults()} for c in self.clusters.values()]
             return 200, {"clusters": listing}, None
-        match = _CLUSTER_FAULTS.match(path)
+        match = _CLUSTER_CONTROL.match(path)
         if not match:
             raise ApiError(404, "NotFound", f"no route {self.command} {path}; see GET /clusters")
         cluster = self.clusters.get(match["name"])
         if cluster is None:
             raise ApiError(404, "NotFound", f"cluster {match['name']!r} not found; see GET /clusters")
+        if match["control"] == "traffic":
+            return self._traffic(cluster, raw_body)
         if self.command == "GET":
             return 200, cluster.faults(), None
         if self.command == "DELETE":
@@ -74,6 +77,14 @@ class HubHandler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             raise ApiError(400, "BadRequest", "the request body must be a JSON object of fault settings")
         return 200, cluster.apply_faults(body), cluster
+
+    def _traffic(self, cluster: EmulatedCluster, raw_body: bytes) -> tuple[int, Any, None]:
+        if self.command == "GET":
+            return 200, cluster.traffic.as_dict(), None
+        if self.command == "DELETE":
+            return 200, cluster.clear_traffic(), None
+        body = json.loads(raw_body) if raw_body.strip() else {}
+        return 200, cluster.traffic.apply_request(body), None
 
 
 def start_hub(clusters: list[EmulatedCluster], port: int = 0) -> ClusterServer:

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from emulator import discovery
+from emulator import discovery, traffic
 from emulator.objects import ApiError
 
 if TYPE_CHECKING:
@@ -20,6 +20,10 @@ logger = logging.getLogger(__name__)
 
 DEPLOYMENTS = "/apis/apps/v1/namespaces/(?P<namespace>[^/]+)/deployments"
 DEPLOYMENT = DEPLOYMENTS + "/(?P<name>[^/]+)"
+CUSTOM_METRICS = f"/apis/{traffic.GROUP}/{traffic.VERSION}"
+CUSTOM_METRIC = (
+    CUSTOM_METRICS + "/namespaces/(?P<namespace>[^/]+)/(?P<resource>[^/]+)/(?P<name>[^/]+)/(?P<metric>[^/]+)"
+)
 
 
 class Request:
@@ -55,6 +59,9 @@ def _routes() -> list[Route]:
         ("GET", "/apis", lambda c, r: (200, discovery.GROUPS)),
         ("GET", "/apis/apps", lambda c, r: (200, discovery.APPS_GROUP)),
         ("GET", "/apis/apps/v1", lambda c, r: (200, discovery.APPS_RESOURCES)),
+        ("GET", f"/apis/{traffic.GROUP}", lambda c, r: (200, discovery.CUSTOM_METRICS_GROUP)),
+        ("GET", CUSTOM_METRICS, lambda c, r: (200, discovery.CUSTOM_METRICS_RESOURCES)),
+        ("GET", CUSTOM_METRIC, lambda c, r: (200, _metric_values(c, r))),
         ("GET", "/(healthz|readyz|livez)", lambda c, r: (200, "ok")),
         (
             "GET",
@@ -109,8 +116,22 @@ def _routes() -> list[Route]:
         ("GET", "/_emulator/faults", lambda c, r: (200, c.faults())),
         ("POST", "/_emulator/faults", lambda c, r: (200, c.apply_faults(r.object_body()))),
         ("DELETE", "/_emulator/faults", lambda c, r: (200, c.clear_faults())),
+        ("GET", "/_emulator/traffic", lambda c, r: (200, c.traffic.as_dict())),
+        ("POST", "/_emulator/traffic", lambda c, r: (200, c.traffic.apply_request(r.body))),
+        ("DELETE", "/_emulator/traffic", lambda c, r: (200, c.clear_traffic())),
     ]
     return [(method, re.compile(f"^{pattern}/?$"), handler) for method, pattern, handler in table]
+
+
+def _metric_values(cluster: "EmulatedCluster", request: Request) -> dict:
+    params = request.params
+    return cluster.traffic.metric_values(
+        params["namespace"],
+        params["resource"],
+        params["name"],
+        params["metric"],
+        request.query.get("metricLabelSelector"),
+    )
 
 
 def _list_deployments(cluster: "EmulatedCluster", request: Request, namespace: str | None) -> dict:

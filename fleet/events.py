@@ -98,13 +98,14 @@ def ingest_events(*, actor, batch: list[Any]) -> IngestResult:
     results: list[EventResult | None] = [None] * len(batch)
     clusters = _clusters_by_name(batch)
     sku_names = set(GpuSku.objects.values_list("name", flat=True))
+    deployment_ids = _traffic_deployment_ids(batch)
     rows: list[_Row] = []
     first_index: dict[tuple[int, str], int] = {}  # (cluster, event id) -> index of its first valid copy
     copies: dict[int, int] = {}  # index of a repeated event -> index of its first copy
     sequence_owner: dict[tuple[int, int], str] = {}  # (cluster, sequence) -> event id in this batch
 
     for index, raw in enumerate(batch):
-        row, errors = _validate_event(index, raw, clusters, sku_names)
+        row, errors = _validate_event(index, raw, clusters, sku_names, deployment_ids)
         if row is None:
             results[index] = EventResult(index, REJECTED, errors)
             continue
@@ -156,10 +157,28 @@ def _clusters_by_name(batch: list[Any]) -> dict[str, int]:
     return dict(Cluster.objects.filter(name__in=names).values_list("name", "id"))
 
 
+def _traffic_deployment_ids(batch: list[Any]) -> set[int]:
+    """Return the ids of existing deployments that the batch's traffic events name."""
+    from placements.models import Deployment  # placements imports fleet
+
+    requested = {
+        raw["payload"].get("deployment_id")
+        for raw in batch
+        if isinstance(raw, dict) and raw.get("kind") == EventKind.TRAFFIC and isinstance(raw.get("payload"), dict)
+    }
+    requested = {value for value in requested if isinstance(value, int) and not isinstance(value, bool)}
+    if not requested:
+        return set()
+    return set(Deployment.objects.filter(pk__in=requested).values_list("pk", flat=True))
+
+
 def _validate_event(
-    index: int, raw: Any, clusters: dict[str, int], sku_names: set[str]
+    index: int, raw: Any, clusters: dict[str, int], sku_names: set[str], deployment_ids: set[int]
 ) -> tuple[_Row | None, dict[str, str]]:
-    """Check one event's fields; return the row to insert, or None and the errors by field."""
+    """Check one event's fields; return the row to insert, or None and the errors by field.
+
+    ``deployment_ids`` are the existing deployments among those the batch's traffic events name.
+    """
     if not isinstance(raw, dict):
         return None, {"event": f"must be a JSON object, got {type(raw).__name__}"}
     errors: dict[str, str] = {}
@@ -188,6 +207,9 @@ def _validate_event(
         errors["payload"] = f"must be a JSON object, got {type(payload).__name__}"
     elif kind in EVENT_KINDS:
         errors.update(validate_payload(kind, payload, sku_names))
+        if kind == EventKind.TRAFFIC and not errors.get("payload.deployment_id"):
+            if payload["deployment_id"] not in deployment_ids:
+                errors["payload.deployment_id"] = f"no deployment has id {payload['deployment_id']}"
 
     if errors:
         return None, errors
@@ -508,8 +530,34 @@ def _apply_next_chunk(cluster_id: int) -> int | None:
         capacity_events = [event for event in run if event.kind == EventKind.CAPACITY]
         if capacity_events:
             _apply_capacity(cluster_id, capacity_events)
+        traffic_events = [event for event in run if event.kind == EventKind.TRAFFIC]
+        if traffic_events:
+            _apply_traffic(cluster_id, traffic_events)
         ClusterEvent.objects.filter(pk__in=[event.pk for event in run]).update(applied_at=timezone.now())
     return len(run)
+
+
+def _apply_traffic(cluster_id: int, events: list[ClusterEvent]) -> None:
+    """Store traffic events as traffic samples of the cluster, observed when the event occurred.
+
+    A deployment deleted since its events were accepted loses them, with a warning from
+    ``record_traffic``.
+    """
+    from placements.models import TrafficSource  # placements imports fleet
+    from placements.traffic import record_traffic
+
+    rows = [
+        {
+            "deployment_id": event.payload["deployment_id"],
+            "cluster_id": cluster_id,
+            "origin": event.payload.get("origin", ""),
+            "requests_per_second": float(event.payload["requests_per_second"]),
+            "in_flight": None if event.payload.get("in_flight") is None else float(event.payload["in_flight"]),
+            "observed_at": event.occurred_at,
+        }
+        for event in events
+    ]
+    record_traffic(rows, source=TrafficSource.PUSH)
 
 
 def _skip_stale_gap(cluster_id: int, start: int, waiting: ClusterEvent) -> int | None:

@@ -47,6 +47,7 @@ from fleet.models import (
     Region,
     TelemetrySnapshot,
 )
+from placements.routing import schedule_route_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -237,6 +238,8 @@ def evaluate_health(now: datetime | None = None) -> HealthReport:
             if verdict.health != cluster.health:
                 _change_health(cluster, verdict, now=now, limits=limits, report=report)
         _detect_outages(clusters, now=now, report=report)
+        if report.changes or report.outages_opened or report.outages_cleared:
+            schedule_route_refresh(reason="cluster health changed")
         if previous_run is not None:
             report.failback_ready = _failback_ready(previous_run, now)
 

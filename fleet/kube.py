@@ -7,14 +7,16 @@ so callers retry only what is worth retrying. Credentials are never logged or pu
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import urllib3
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from kubernetes.config import kube_config
+from kubernetes.utils import parse_quantity
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,17 @@ NAMESPACE = "mcm"
 
 # HTTP statuses worth retrying: conflicts (re-read and try again), throttling and server errors.
 RETRYABLE_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+
+# Traffic comes from the Kubernetes custom metrics API (custom.metrics.k8s.io/v1beta2), as a
+# metrics adapter such as prometheus-adapter serves it: one MetricValueList per metric, with an item
+# per Deployment and demand origin, the origin in the item's metric selector.
+CUSTOM_METRICS_PATH = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{namespace}/deployments.apps/*/{metric}"
+REQUESTS_METRIC = "mcm_requests_per_second"
+IN_FLIGHT_METRIC = "mcm_in_flight_requests"
+ORIGIN_LABEL = "origin"
+# A cluster without a metrics adapter returns 404 (no such API group) or 503 (the APIService is
+# registered but its backend is down).
+METRICS_NOT_SERVED_STATUSES = frozenset({404, 503})
 
 
 class ClusterError(Exception):
@@ -65,6 +78,17 @@ class ObservedDeployment:
     replicas: int
     ready_replicas: int
     gpu_product: str
+
+
+@dataclass(frozen=True)
+class ObservedTraffic:
+    """The traffic one Deployment serves from one demand origin, as the custom metrics API reports it."""
+
+    name: str
+    deployment_id: int | None  # from the Deployment's mcm.io/deployment-id label; None when unknown
+    origin: str  # "" when the metric has no origin label
+    requests_per_second: float
+    in_flight: float | None  # None when the cluster does not report in-flight requests
 
 
 @dataclass(frozen=True)
@@ -199,6 +223,66 @@ class ClusterAdapter:
         )
         return [observed(item) for item in deployments.items]
 
+    def read_traffic(self, deployments: Iterable[ObservedDeployment] | None = None) -> list[ObservedTraffic]:
+        """Read requests per second and in-flight requests of MCM's namespace through the custom metrics API.
+
+        ``deployments`` (listed by the caller in the same read) map Kubernetes names to deployment
+        ids; when None they are listed here. Returns [] when the cluster does not serve custom
+        metrics (HTTP 404 or 503), which is not a failed read. Other failures raise ``ClusterError``.
+        """
+        if deployments is None:
+            deployments = self.list_managed_deployments()
+        ids = {deployment.name: deployment.deployment_id for deployment in deployments}
+        rates = self._read_metric(REQUESTS_METRIC)
+        if rates is None:
+            return []
+        in_flight = self._read_metric(IN_FLIGHT_METRIC) or {}
+        return [
+            ObservedTraffic(name, ids.get(name), origin, float(rate), _optional_float(in_flight.get((name, origin))))
+            for (name, origin), rate in sorted(rates.items())
+        ]
+
+    def _read_metric(self, metric: str) -> dict[tuple[str, str], Decimal] | None:
+        """Return a metric's values by (Deployment name, origin), or None when custom metrics are not served.
+
+        Items that share a Deployment and an origin (because they differ in other labels) are summed.
+        """
+        try:
+            document = self.call(
+                f"read metric {metric}", self._get_json, CUSTOM_METRICS_PATH, namespace=NAMESPACE, metric=metric
+            )
+        except ClusterError as error:
+            if error.status in METRICS_NOT_SERVED_STATUSES:
+                logger.debug("cluster %s does not serve metric %s: %s", self.name, metric, error.message)
+                return None
+            raise
+        values: dict[tuple[str, str], Decimal] = {}
+        for item in document.get("items") or []:
+            try:
+                name = item["describedObject"]["name"]
+                labels = ((item.get("metric") or {}).get("selector") or {}).get("matchLabels") or {}
+                value = parse_quantity(item["value"])
+            except (KeyError, TypeError, ValueError) as error:
+                logger.warning("cluster %s: skipped a malformed %s item (%s): %.200r", self.name, metric, error, item)
+                continue
+            key = (str(name), str(labels.get(ORIGIN_LABEL, "")))
+            values[key] = values.get(key, Decimal(0)) + value
+        return values
+
+    def _get_json(self, path: str, *, _request_timeout, **path_params: str) -> dict:
+        """GET a path the typed API classes do not cover, with the client's authentication; return the JSON body."""
+        request = self.api_client.param_serialize(
+            method="GET",
+            resource_path=path,
+            path_params=path_params,
+            header_params={"Accept": "application/json"},
+            auth_settings=["BearerToken"],
+        )
+        response = self.api_client.call_api(*request, _request_timeout=_request_timeout)
+        response.read()
+        # Raises ApiException for a status other than 2xx.
+        return self.api_client.response_deserialize(response, {"200": "object"}).data
+
     def apply_deployment(self, desired: DesiredDeployment) -> ObservedDeployment:
         """Create the Deployment, or patch its replicas and GPU shape; idempotent."""
         body = deployment_manifest(desired)
@@ -238,6 +322,10 @@ def observed(deployment) -> ObservedDeployment:
         ready_replicas=(status.ready_replicas or 0) if status else 0,
         gpu_product=selector.get(GPU_PRODUCT_LABEL, ""),
     )
+
+
+def _optional_float(value: Decimal | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def deployment_manifest(desired: DesiredDeployment) -> dict[str, Any]:

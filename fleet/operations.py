@@ -18,6 +18,7 @@ from django.utils import timezone
 from compliance.services import record_event
 from fleet.alerts import raise_alert, resolve_alert
 from fleet.models import Cluster, ClusterState, Outage, OutageScope, OutageSource, Provider, Region
+from placements.routing import schedule_route_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ def change_state(cluster: Cluster, *, actor, reason: str, new_state: str, allowe
         record_event(
             actor=actor, action=action, subject=locked, reason=reason, before=before, after=cluster_snapshot(locked)
         )
+        schedule_route_refresh(reason=f"{action} {locked.name}")
         transaction.on_commit(enqueue_replan)
     logger.info(
         "%s: cluster %s (id %s) %s -> %s by %s",
@@ -211,6 +213,7 @@ def declare_outage(*, scope: str, target, actor, reason: str) -> Outage:
             outage,
             f"Declared {scope} outage of {target} by {outage.declared_by}: {cleaned}",
         )
+        schedule_route_refresh(reason=f"{scope} outage of {target} declared")
         transaction.on_commit(enqueue_replan)
     logger.warning("outage declared: %s %s (outage id %s) by %s", scope, target, outage.pk, outage.declared_by)
     return outage
@@ -247,6 +250,7 @@ def clear_outage(outage: Outage, *, actor, reason: str) -> Outage:
             after=outage_snapshot(locked),
         )
         resolve_alert(OUTAGE_ALERT_KIND, locked)
+        schedule_route_refresh(reason=f"{locked.scope} outage of {locked.target} cleared")
         transaction.on_commit(enqueue_replan)
     logger.info("outage cleared: %s %s (outage id %s) by %s", locked.scope, locked.target, locked.pk, locked.cleared_by)
     return locked

@@ -1,11 +1,12 @@
-"""Pulled telemetry: read clusters' GPU nodes and MCM's Deployments, and record what was seen.
+"""Pulled telemetry: read clusters' GPU nodes, MCM's Deployments and their traffic, and record what was seen.
 
 Clusters are read outside any transaction; ``collect_many`` reads many at once in a thread pool
 whose threads make only the Kubernetes calls. Then, on the calling thread, short transactions
 store a snapshot per cluster, the reads' outcomes for health (``fleet.health.record_reads``,
 which also moves the heartbeats) and the capacity rows the scheduler plans with. A failed read
 stores a snapshot with ``ok=False`` and the error and counts as a failed read, and the heartbeat
-stays where it was, so the cluster's silence shows.
+stays where it was, so the cluster's silence shows. Traffic read from the custom metrics API is
+stored as traffic samples (``placements.traffic``); a cluster that does not serve it stores none.
 """
 
 import logging
@@ -21,9 +22,10 @@ from django.db.models import Min
 
 from fleet import health
 from fleet.clusters import cluster_adapter
-from fleet.kube import ClusterAdapter, ClusterError, NodeGpus, ObservedDeployment
+from fleet.kube import ClusterAdapter, ClusterError, NodeGpus, ObservedDeployment, ObservedTraffic
 from fleet.models import Cluster, ClusterCapacity, GpuSku, TelemetrySnapshot, TelemetrySource
 from fleet.skus import sku_for_gpu_product
+from placements.routing import ready_changes, schedule_route_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +44,15 @@ class GpuSummary:
 
 @dataclass
 class ClusterRead:
-    """The result of one read of a cluster: its GPU nodes and MCM's Deployments, or the error."""
+    """The result of one read of a cluster: its GPU nodes, MCM's Deployments and their traffic, or the error.
+
+    A failed traffic read leaves ``traffic`` empty and does not fail the read.
+    """
 
     nodes: list[NodeGpus] = field(default_factory=list)
     deployments: list[ObservedDeployment] = field(default_factory=list)
     error: ClusterError | None = None
+    traffic: list[ObservedTraffic] = field(default_factory=list)
 
 
 def collect_cluster(cluster_id: int) -> TelemetrySnapshot:
@@ -112,9 +118,18 @@ def collect_many(cluster_ids: Iterable[int], max_workers: int = 16) -> list[Tele
 
 
 def read_with(adapter: ClusterAdapter) -> ClusterRead:
-    """Read a cluster's GPU nodes and MCM's Deployments, then close the adapter; touches no model."""
+    """Read a cluster's GPU nodes, MCM's Deployments and their traffic, then close the adapter; touches no model.
+
+    The traffic read is not part of the cluster's health: when it fails, the error is logged and
+    the read keeps its nodes and Deployments.
+    """
     try:
-        return ClusterRead(nodes=adapter.list_gpu_nodes(), deployments=adapter.list_managed_deployments())
+        read = ClusterRead(nodes=adapter.list_gpu_nodes(), deployments=adapter.list_managed_deployments())
+        try:
+            read.traffic = adapter.read_traffic(read.deployments)
+        except ClusterError as error:
+            logger.warning("traffic of cluster %s not read: %s", adapter.name, error)
+        return read
     except ClusterError as error:
         return ClusterRead(error=error)
     finally:
@@ -152,7 +167,9 @@ def store_reads(pairs: list[tuple[Cluster, ClusterRead]]) -> list[TelemetrySnaps
         # Lock the cluster rows in id order, the order event ingest and the health evaluator use too,
         # so that these writers wait for each other instead of deadlocking.
         list(Cluster.objects.select_for_update().filter(pk__in=[c.pk for c, _ in pairs]).order_by("pk").values("pk"))
+        schedule_route_refresh(ready_changes(snapshots), reason="ready replicas changed")
         TelemetrySnapshot.objects.bulk_create(snapshots)
+        store_traffic(pairs, snapshots)
         health.record_reads(
             succeeded={snapshot.cluster_id: snapshot.taken_at for snapshot in snapshots if snapshot.ok},
             failed={snapshot.cluster_id: snapshot.taken_at for snapshot in snapshots if not snapshot.ok},
@@ -177,6 +194,36 @@ def store_reads(pairs: list[tuple[Cluster, ClusterRead]]) -> list[TelemetrySnaps
                 len(snapshot.deployments),
             )
     return snapshots
+
+
+def store_traffic(pairs: list[tuple[Cluster, ClusterRead]], snapshots: list[TelemetrySnapshot]) -> int:
+    """Store the traffic of successful reads as pulled samples, observed at the snapshot's time; return how many.
+
+    Traffic of Deployments without an MCM deployment id (not managed by MCM) is not stored.
+    """
+    from placements.models import TrafficSource  # placements imports fleet
+    from placements.traffic import record_traffic
+
+    rows = []
+    for (cluster, read), snapshot in zip(pairs, snapshots, strict=True):
+        if not snapshot.ok:
+            continue
+        unmanaged = sorted({traffic.name for traffic in read.traffic if traffic.deployment_id is None})
+        if unmanaged:
+            logger.info("cluster %s reports traffic of Deployments MCM does not manage: %s", cluster.name, unmanaged)
+        rows += [
+            {
+                "deployment_id": traffic.deployment_id,
+                "cluster_id": cluster.pk,
+                "origin": traffic.origin,
+                "requests_per_second": traffic.requests_per_second,
+                "in_flight": traffic.in_flight,
+                "observed_at": snapshot.taken_at,
+            }
+            for traffic in read.traffic
+            if traffic.deployment_id is not None
+        ]
+    return record_traffic(rows, source=TrafficSource.PULL)
 
 
 def summarise_gpus(nodes: list[NodeGpus]) -> GpuSummary:

@@ -14,6 +14,8 @@ from fleet.api import (
 )
 from fleet.api_events import EventIngestView
 from placements.api import DeploymentViewSet, FailoverRequestViewSet, PlacementPlanViewSet
+from placements.api_routing import DeploymentRouteView, PingView
+from placements.api_traffic import DeploymentTrafficView
 
 router = DefaultRouter()
 router.register("providers", ProviderViewSet, basename="provider")
@@ -31,4 +33,8 @@ router.register("alerts", AlertViewSet, basename="alert")
 urlpatterns = router.urls + [
     path("events", EventIngestView.as_view(), name="event-ingest"),
     path("events/", EventIngestView.as_view(schema=None), name="event-ingest-slash"),
+    path("deployments/<int:pk>/route/", DeploymentRouteView.as_view(), name="deployment-route"),
+    path("deployments/<int:pk>/route", DeploymentRouteView.as_view(schema=None), name="deployment-route-no-slash"),
+    path("ping", PingView.as_view(), name="ping"),
+    path("deployments/<int:pk>/traffic/", DeploymentTrafficView.as_view(), name="deployment-traffic"),
 ]

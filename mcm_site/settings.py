@@ -231,7 +231,7 @@ MCM_REPEATED_LOSS_COUNT = int(os.environ.get("MCM_REPEATED_LOSS_COUNT", "3"))
 MCM_REPEATED_LOSS_WINDOW_S = float(os.environ.get("MCM_REPEATED_LOSS_WINDOW_S", "3600"))
 MCM_REPEATED_LOSS_AVOID_S = float(os.environ.get("MCM_REPEATED_LOSS_AVOID_S", "3600"))
 # Traffic samples older than this are deleted by the periodic "prune traffic" task.
-MCM_TRAFFIC_RETENTION_S = float(os.environ.get("MCM_TRAFFIC_RETENTION_S", str(7 * 24 * 3600)))
+MCM_TRAFFIC_RETENTION_S = float(os.environ.get("MCM_TRAFFIC_RETENTION_S", "86400"))
 # Seconds between autoscaler passes; each pass decides every deployment with an enabled policy.
 MCM_AUTOSCALE_INTERVAL_S = float(os.environ.get("MCM_AUTOSCALE_INTERVAL_S", "15"))
 # The route table lives in Redis; the embedded mode has no Redis, so it computes every route from

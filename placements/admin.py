@@ -7,6 +7,7 @@ Failover decisions go through ``placements.failover`` and re-plans through ``fle
 """
 
 import json
+from functools import partial
 
 from django import forms
 from django.contrib import admin, messages
@@ -22,9 +23,13 @@ from fleet import operations
 from fleet.admin import confirm_with_reason
 from fleet.models import Cluster, Provider, Region
 from placements import failover
+from placements.admin_routes import routes_link, routes_view
 from placements.api import POLICY_FIELDS, update_policy, validate_policy
+from placements.autoscaling_policy import POLICY_FIELDS as AUTOSCALING_FIELDS
+from placements.autoscaling_policy import validate_autoscaling
 from placements.models import (
     Assignment,
+    AutoscalingPolicy,
     Customer,
     DemandOrigin,
     Deployment,
@@ -33,6 +38,7 @@ from placements.models import (
     FailoverStatus,
     PlacementPlan,
     RegionPreference,
+    ScalingDecision,
 )
 from placements.services import (
     INTEGER_FIELDS,
@@ -49,6 +55,8 @@ from placements.services import (
 
 # How many rows a plan's page lists inline before it links to the full changelist.
 PLAN_PAGE_ROW_LIMIT = 25
+# Scaling decisions a deployment's page lists.
+RECENT_DECISIONS = 20
 
 
 @admin.register(Customer)
@@ -89,8 +97,10 @@ class DeploymentAdminForm(forms.ModelForm):
         if self.errors:
             return cleaned  # a field failed to parse, so the service checks would repeat its error
         customer = cleaned.get("customer") or (self.instance.customer if self.instance.pk else None)
+        # Read-only fields (desired_replicas while autoscaling is on) are not in the form: check the stored value.
+        stored = {field: getattr(self.instance, field) for field in INTEGER_FIELDS if field not in cleaned}
         try:
-            validate_deployment_fields(cleaned, customer=customer, instance=self.instance)
+            validate_deployment_fields({**stored, **cleaned}, customer=customer, instance=self.instance)
         except ValidationError as error:
             self.add_error(None, error)
         try:
@@ -137,6 +147,37 @@ def origin_rows(formset) -> list[dict]:
     return [{field: form.cleaned_data.get(field) for field in fields} for form in kept_forms(formset)]
 
 
+class AutoscalingPolicyFormSet(forms.BaseInlineFormSet):
+    def clean(self):
+        super().clean()
+        for form in kept_forms(self):
+            values = {field: form.cleaned_data.get(field) for field in AUTOSCALING_FIELDS}
+            try:
+                validate_autoscaling(values)
+            except ValidationError as error:
+                raise ValidationError(error.message_dict["autoscaling"]) from error
+            # The deployment's own fields are in the same POST; the services check the pair again on save.
+            if values["enabled"] and not values["scale_to_zero"] and self.data.get("min_replicas") == "0":
+                raise ValidationError("min_replicas 0 needs scale to zero: tick it, or set min replicas to at least 1.")
+
+
+def autoscaling_data(formset) -> dict | None:
+    """Return the inline's policy as service data, or None when its row is deleted or left empty."""
+    rows = kept_forms(formset)
+    if not rows:
+        return None
+    return {field: rows[0].cleaned_data[field] for field in AUTOSCALING_FIELDS}
+
+
+class AutoscalingPolicyInline(admin.StackedInline):
+    model = AutoscalingPolicy
+    formset = AutoscalingPolicyFormSet
+    fields = list(AUTOSCALING_FIELDS)
+    extra = 0
+    max_num = 1
+    verbose_name = "autoscaling policy"
+
+
 class RegionPreferenceInline(admin.TabularInline):
     model = RegionPreference
     formset = RegionPreferenceFormSet
@@ -174,7 +215,7 @@ class PlacementStateFilter(admin.SimpleListFilter):
 @admin.register(Deployment)
 class DeploymentAdmin(admin.ModelAdmin):
     form = DeploymentAdminForm
-    inlines = [RegionPreferenceInline, DemandOriginInline]
+    inlines = [AutoscalingPolicyInline, RegionPreferenceInline, DemandOriginInline]
     list_display = [
         "name",
         "customer",
@@ -207,9 +248,15 @@ class DeploymentAdmin(admin.ModelAdmin):
         "condition_since",
         "current_placement",
         "current_explanation",
+        "recent_scaling",
+        routes_link,
         "created_at",
         "updated_at",
     ]
+
+    def get_urls(self):
+        routes = self.admin_site.admin_view(partial(routes_view, self))
+        return [path("<int:object_id>/routes/", routes, name="placements_deployment_routes"), *super().get_urls()]
 
     def get_queryset(self, request):
         outcomes = DeploymentOutcome.objects.filter(plan=current_plan(), deployment=OuterRef("pk"))
@@ -224,7 +271,11 @@ class DeploymentAdmin(admin.ModelAdmin):
 
     def get_readonly_fields(self, request, obj=None):
         fields = list(super().get_readonly_fields(request, obj))
-        return ["customer", *fields] if obj is not None else fields
+        if obj is None:
+            return fields
+        if AutoscalingPolicy.objects.filter(deployment=obj, enabled=True).exists():
+            fields.append("desired_replicas")
+        return ["customer", *fields]
 
     @admin.display(description="tier", ordering="customer__tier")
     def tier(self, deployment):
@@ -261,6 +312,32 @@ class DeploymentAdmin(admin.ModelAdmin):
         )
         return format_html("{}<ul>{}</ul>", header, rows)
 
+    @admin.display(description="recent scaling decisions")
+    def recent_scaling(self, deployment):
+        if deployment.pk is None:
+            return "-"
+        decisions = ScalingDecision.objects.filter(deployment=deployment).select_related("plan")
+        rows = list(decisions.order_by("-decided_at")[:RECENT_DECISIONS])
+        if not rows:
+            return "The autoscaler has not changed this deployment."
+        return format_html(
+            "<ul>{}</ul>",
+            format_html_join(
+                "",
+                "<li>{}: {} -> {} ({}){}</li>",
+                (
+                    (
+                        f"{row.decided_at:%Y-%m-%d %H:%M:%S}",
+                        row.from_replicas,
+                        row.to_replicas,
+                        row.reason,
+                        f", plan v{row.plan.version}" if row.plan else "",
+                    )
+                    for row in rows
+                ),
+            ),
+        )
+
     @admin.display(description="explanation from the current plan")
     def current_explanation(self, deployment):
         if deployment.pk is None:
@@ -276,13 +353,19 @@ class DeploymentAdmin(admin.ModelAdmin):
         """Do nothing here: ``save_related`` saves the deployment and its inlines in one service call."""
 
     def save_related(self, request, form, formsets, change):
-        data = {field: form.cleaned_data[field] for field in ["name", "sku", *INTEGER_FIELDS]}
+        fields = ["name", "sku", *INTEGER_FIELDS]
+        data = {field: form.cleaned_data[field] for field in fields if field in form.cleaned_data}
         data["alternative_skus"] = list(form.cleaned_data["alternative_skus"])
         for formset in formsets:
             if isinstance(formset, RegionPreferenceFormSet):
                 data["region_preference"] = ordered_regions(formset)
             elif isinstance(formset, DemandOriginFormSet):
                 data["demand_origins"] = origin_rows(formset)
+            elif isinstance(formset, AutoscalingPolicyFormSet):
+                data["autoscaling"] = autoscaling_data(formset)
+        if data.get("autoscaling") and data["autoscaling"]["enabled"]:
+            # The autoscaler owns desired replicas: the services keep the stored value within min and max.
+            data.pop("desired_replicas", None)
         if change:
             saved = update_deployment(actor=request.user, deployment=form.instance, data=data)
         else:

@@ -12,7 +12,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Aggregate, Count, IntegerField, OuterRef, Q, Subquery, Sum
 from django.db.models.functions import Coalesce
-from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import serializers
 from rest_framework.decorators import action
 from rest_framework.permissions import IsAdminUser
@@ -24,6 +24,8 @@ from fleet.api import ReasonSerializer, run_operation
 from fleet.models import Cluster, Provider, Region
 from mcm_site.api import ModelViewSet, ReadOnlyViewSet
 from placements import failover
+from placements.api_autoscaling import AutoscalingPolicySerializer, ColdStartSerializer, ScalingDecisionSerializer
+from placements.autoscaling_policy import cold_start_note
 from placements.models import (
     Assignment,
     Customer,
@@ -38,6 +40,7 @@ from placements.models import (
     PlacementPlan,
     PlanStatus,
     PlanTrigger,
+    ScalingDecision,
     SpreadMode,
     Tier,
 )
@@ -154,8 +157,13 @@ class DeploymentSerializer(serializers.ModelSerializer):
     # Plain types here, so that range and format errors come from the services and quote the value.
     name = serializers.CharField(help_text="Kubernetes-safe name (a slug), unique per customer.")
     gpus_per_replica = serializers.IntegerField(required=False, help_text="1 to 16; default 1.")
-    min_replicas = serializers.IntegerField(required=False, help_text="Default 1; 0 allows scale to zero.")
-    desired_replicas = serializers.IntegerField(required=False, help_text="min <= desired <= max; default 1.")
+    min_replicas = serializers.IntegerField(
+        required=False, help_text="Default 1; 0 with autoscaling needs autoscaling.scale_to_zero."
+    )
+    desired_replicas = serializers.IntegerField(
+        required=False,
+        help_text="min <= desired <= max; default 1. Set by the autoscaler while autoscaling.enabled is true.",
+    )
     max_replicas = serializers.IntegerField(required=False, help_text="Default 1.")
     min_providers = serializers.IntegerField(required=False, help_text="Replicas span at least this many providers.")
     min_regions = serializers.IntegerField(required=False, help_text="Replicas span at least this many regions.")
@@ -185,6 +193,14 @@ class DeploymentSerializer(serializers.ModelSerializer):
         allow_blank=True,
         help_text="'automatic' or 'approval': how replicas return to a recovered cluster.",
     )
+    autoscaling = AutoscalingPolicySerializer(
+        required=False,
+        allow_null=True,
+        help_text="The autoscaling policy; null for none (a PUT without it removes it).",
+    )
+    cold_start = serializers.SerializerMethodField(
+        help_text="Null unless desired_replicas is 0: then the first request waits for a replica to start."
+    )
     placed_replicas = serializers.SerializerMethodField(help_text="Replicas the current plan places.")
     unmet_replicas = serializers.SerializerMethodField(
         help_text="Replicas the current plan could not place (the shortfall); null until a plan covers the deployment."
@@ -203,6 +219,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "region_preference",
             "demand_origins",
             *POLICY_FIELDS,
+            "autoscaling",
+            "cold_start",
             "condition",
             "condition_reason",
             "condition_since",
@@ -214,6 +232,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
         read_only_fields = ["condition", "condition_reason", "condition_since"]
         # The services check uniqueness, with a message that names the value.
         validators: list = []
+
+    @extend_schema_field(ColdStartSerializer(allow_null=True))
+    def get_cold_start(self, deployment) -> dict | None:
+        return cold_start_note(deployment)
 
     def get_placed_replicas(self, deployment) -> int:
         return placement_totals(deployment)[0]
@@ -233,6 +255,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
     def create(self, validated_data):
         customer = validated_data.pop("customer")
         policy = {field: validated_data.pop(field) for field in POLICY_FIELDS if field in validated_data}
+        plain_autoscaling(validated_data)
         actor = self.context["request"].user
         validate_policy(policy)
         deployment = create_deployment(actor=actor, customer=customer, data=validated_data)
@@ -240,13 +263,25 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     def update(self, instance, validated_data):
         policy = {field: validated_data.pop(field) for field in POLICY_FIELDS if field in validated_data}
+        plain_autoscaling(validated_data)
         if not self.partial:
-            validated_data = {**deployment_defaults(), **validated_data}
+            defaults = {**deployment_defaults(), "autoscaling": None}
+            autoscaling = validated_data.get("autoscaling")
+            if autoscaling is not None and autoscaling.get("enabled", True):
+                # The autoscaler owns desired_replicas, so a full update keeps the stored value.
+                defaults.pop("desired_replicas")
+            validated_data = {**defaults, **validated_data}
             policy = {**policy_defaults(), **policy}
         actor = self.context["request"].user
         validate_policy(policy)
         deployment = update_deployment(actor=actor, deployment=instance, data=validated_data)
         return update_policy(actor=actor, deployment=deployment, values=policy)
+
+
+def plain_autoscaling(validated_data: dict) -> None:
+    """Turn a validated ``autoscaling`` object into the plain dict (or None) the services take."""
+    if validated_data.get("autoscaling") is not None:
+        validated_data["autoscaling"] = dict(validated_data["autoscaling"])
 
 
 def resolve_customer(user, requested: str | None) -> Customer:
@@ -512,7 +547,7 @@ class PlacementPlanFilter(django_filters.FilterSet):
 
 @extend_schema_view(destroy=extend_schema(responses={204: OpenApiResponse(description="Deleted.")}))
 class DeploymentViewSet(ModelViewSet):
-    queryset = Deployment.objects.select_related("customer", "sku").prefetch_related(
+    queryset = Deployment.objects.select_related("customer", "sku", "autoscaling").prefetch_related(
         "alternative_skus", "region_preferences__region__provider", "demand_origins"
     )
     serializer_class = DeploymentSerializer
@@ -538,6 +573,14 @@ class DeploymentViewSet(ModelViewSet):
     def placement(self, request, pk=None):
         """Return where the current applied plan runs this deployment's replicas, and how many it could not place."""
         return Response(deployment_placement(self.get_object()))
+
+    @extend_schema(responses=ScalingDecisionSerializer(many=True))
+    @action(detail=True, methods=["get"], filter_backends=[])
+    def scaling(self, request, pk=None):
+        """List the autoscaler's decisions for this deployment, newest first, with the measurements behind each."""
+        decisions = ScalingDecision.objects.filter(deployment=self.get_object()).select_related("plan")
+        page = self.paginate_queryset(decisions.order_by("-decided_at", "-pk"))
+        return self.get_paginated_response(ScalingDecisionSerializer(page, many=True).data)
 
     @extend_schema(responses=DeploymentExplanationSerializer)
     @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)

@@ -219,8 +219,8 @@ class BackgroundLoop:
 
     Embedded mode has no Celery worker or beat, so without it an operator's drain or outage would
     get one execution pass and stop. Each tick reads every cluster, judges health, lets overdue
-    failovers proceed, re-plans when health requests it, and runs an execution pass and a
-    reconcile. A failed tick is logged and the next one runs.
+    failovers proceed, re-plans when health or the autoscaler requests it, and runs an execution
+    pass and a reconcile. A failed tick is logged and the next one runs.
     """
 
     def __init__(self, interval_s: float) -> None:
@@ -250,9 +250,10 @@ class BackgroundLoop:
 
 
 def tick() -> None:
-    """Run one round of MCM's control loop in this process: telemetry, health, failover, plan, execution."""
+    """Run one round of MCM's control loop in this process: telemetry, health, failover, autoscaling, execution."""
     # Imported here: the failover stack is needed only while serving.
     from fleet.health import evaluate_health
+    from placements.autoscaling import autoscale_pass
     from placements.failover import expire_requests
     from placements.models import PlanTrigger
     from placements.planning import run_plan
@@ -263,6 +264,8 @@ def tick() -> None:
         run_plan(actor="control loop", trigger=PlanTrigger.HEALTH)
     # In embedded mode the re-plan this enqueues runs at once, in this call.
     expire_requests()
+    # Plans when any deployment's desired replicas changed; the execution pass below applies it.
+    autoscale_pass()
     plan = current_plan()
     if plan is not None:
         execute_plan(plan.pk)

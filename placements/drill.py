@@ -56,14 +56,13 @@ from placements.models import (
 from placements.observation import executable_clusters, observe_clusters, open_adapters, ready_on
 from placements.planning import run_plan
 from placements.reconcile import reconcile
+from placements.routing import cached_entries, serving_entries
 from placements.services import current_plan
 
 ACTOR = "outage drill"
 SCOPES = ("provider", "region", "cluster")
 OUTAGE = "outage"
 RECOVERY = "recovery"
-# Printed instead of a time for "routes updated", because no routing exists yet to update.
-ROUTES_NOT_BUILT = "not built yet"
 DEFAULT_TIMEOUT_S = 300.0
 # The default schedules read telemetry every 10 s and reconcile every 15 s.
 RECONCILE_EVERY_HEARTBEATS = 1.5
@@ -104,6 +103,11 @@ class TierResult:
     moved: int = 0  # re-placed elsewhere (outage) or planned back (recovery)
     unmet: int = 0  # affected replicas the current plan places nowhere else (outage) or keeps away (recovery)
     ready_after_s: float | None = None
+    # Outage: when the routes of every affected deployment of the tier listed no failed cluster and
+    # at least one other. Recovery: when they listed a recovered cluster wherever the plan returned replicas.
+    routes_after_s: float | None = None
+    # Affected deployments left without any route, because nothing could be placed elsewhere.
+    without_routes: int = 0
 
     @property
     def done(self) -> bool:
@@ -140,9 +144,8 @@ class Timeline:
     pending_steps: int = 0
     pending_plan_version: int | None = None
     elapsed_s: float = 0.0
-    # TODO: record when routes stop sending traffic to the failed clusters, once MCM serves routes.
-    # Until then the drill prints this text and no time.
-    routes: str = ROUTES_NOT_BUILT
+    # Where the drill read the routes: "cache" (the route table in Redis) or "database".
+    routes_source: str = ""
 
     @property
     def heartbeat_to_ready_s(self) -> float | None:
@@ -185,7 +188,8 @@ def format_timeline(timeline: Timeline) -> list[str]:
     ]
     for event in timeline.events:
         lines.append(f"  {event.offset_s:8.1f} s  {event.label}")
-    lines.append(f"  {'':8}    routes: {timeline.routes}")
+    if any(tier.affected and tier.routes_after_s is None for tier in timeline.tiers.values()):
+        lines.append(f"  {'':8}    routes: not updated for every tier before the end")
     if timeline.timed_out:
         lines.append(
             f"  {timeline.elapsed_s:8.1f} s  timed out before every replica was ready; "
@@ -195,16 +199,21 @@ def format_timeline(timeline: Timeline) -> list[str]:
     lines.append("")
     moved = "re-placed" if timeline.kind == OUTAGE else "returned"
     unmet = "unmet" if timeline.kind == OUTAGE else "stay away"
-    header = f"  {'tier':<12} {'deployments':>11} {'affected':>8} {moved:>9} {unmet:>9} {'ready after':>11}"
+    header = (
+        f"  {'tier':<12} {'deployments':>11} {'affected':>8} {moved:>9} {unmet:>9} {'ready after':>11} "
+        f"{'routes after':>12}"
+    )
     lines.append(header)
     for tier in (timeline.tiers.get(tier.value) for tier in TIER_ORDER):
         if tier is None:
             continue
         ready = f"{tier.ready_after_s:.1f} s" if tier.ready_after_s is not None else "not ready"
+        routes = f"{tier.routes_after_s:.1f} s" if tier.routes_after_s is not None else "not updated"
         if tier.affected == 0:
-            ready = "-"
+            ready = routes = "-"
         lines.append(
-            f"  {tier.tier:<12} {tier.deployments:>11} {tier.affected:>8} {tier.moved:>9} {tier.unmet:>9} {ready:>11}"
+            f"  {tier.tier:<12} {tier.deployments:>11} {tier.affected:>8} {tier.moved:>9} {tier.unmet:>9} {ready:>11} "
+            f"{routes:>12}"
         )
     lines.append(
         f"  {'all':<12} {sum(t.deployments for t in timeline.tiers.values()):>11} {timeline.affected:>8} "
@@ -214,6 +223,9 @@ def format_timeline(timeline: Timeline) -> list[str]:
         lines.append(f"  {timeline.awaiting_approval} deployments await staff approval")
     if timeline.blocked:
         lines.append(f"  {timeline.blocked} deployments are failover blocked: no cluster satisfies their locks")
+    without_routes = sum(tier.without_routes for tier in timeline.tiers.values())
+    if without_routes:
+        lines.append(f"  {without_routes} deployments have no route: no replica is placed outside the failed clusters")
 
     lines.append("")
     if timeline.kind == OUTAGE:
@@ -300,6 +312,7 @@ class DrillState:
     first_cluster_event: bool = False
     failback_replanned: bool = False
     ready_tiers: dict[str, float] = field(default_factory=dict)
+    routes_tiers: dict[str, float] = field(default_factory=dict)
 
 
 def run_drill(
@@ -726,6 +739,7 @@ def measure(state: DrillState, *, recover: bool) -> bool:
             timeline.add(now_s, f"{name}: {tier.moved} of {tier.affected} affected replicas ready {where}{unmet}")
         tier.ready_after_s = state.ready_tiers[name]
     timeline.tiers = by_tier
+    routes_pending = note_routes(state, targets, settled=settled, recover=recover)
 
     affected_ids = affected_deployments(state)
     kind = FailoverKind.FAILBACK if recover else FailoverKind.FAILOVER
@@ -736,12 +750,65 @@ def measure(state: DrillState, *, recover: bool) -> bool:
         pk__in=affected_ids, condition=DeploymentCondition.FAILOVER_BLOCKED
     ).count()
 
-    if not settled or timeline.awaiting_approval or unready_tiers:
+    if not settled or timeline.awaiting_approval or unready_tiers or routes_pending:
         return False
     if timeline.ready_s is None:
         timeline.ready_s = max([0.0, *state.ready_tiers.values()])
         timeline.add(timeline.ready_s, f"every moved replica ready {where} (observed through the clusters' API)")
     return True
+
+
+def note_routes(state: DrillState, targets: dict[int, dict[int, int]], *, settled: bool, recover: bool) -> bool:
+    """Record per tier when the routes of its affected deployments were updated; return whether a tier waits.
+
+    Outage: a deployment's routes are updated when they list no failed cluster and at least one
+    other, or none at all when the plan made after the fault places none of its replicas
+    elsewhere (blocked or unmet).
+    Recovery: when they list a recovered cluster, if the plan returns replicas there. The routes
+    are read where the API reads them: the route table in Redis, else the database.
+    """
+    timeline = state.timeline
+    affected = affected_deployments(state)
+    entries = cached_entries(affected)
+    timeline.routes_source = "cache" if entries is not None else "database"
+    entries = entries or {}
+    missing = [deployment_id for deployment_id in affected if deployment_id not in entries]
+    if missing:
+        # An entry missing from the table is computed from the database, as the API does.
+        timeline.routes_source = "database" if len(missing) == len(affected) else "cache and database"
+        entries.update(serving_entries(missing))
+    updated_at: dict[str, list[datetime]] = defaultdict(list)
+    waiting: set[str] = set()
+    without: dict[str, int] = defaultdict(int)
+    for deployment_id in affected:
+        tier = state.tiers.get(deployment_id, TIER_ORDER[-1].value)
+        entry = entries.get(deployment_id, {"clusters": [], "refreshed_at": timezone.now().isoformat()})
+        listed = {cluster["id"] for cluster in entry["clusters"]}
+        planned = targets.get(deployment_id, {})
+        if recover:
+            done = settled and (not planned or bool(listed & state.cluster_ids))
+        else:
+            # A suspect or down cluster leaves the routes before any re-plan, when another cluster
+            # serves; no route at all counts only once a plan placed nothing elsewhere.
+            done = not (listed & state.cluster_ids) and (bool(listed) or (settled and not planned))
+            without[tier] += 0 if listed else 1
+        if done:
+            updated_at[tier].append(datetime.fromisoformat(entry["refreshed_at"]))
+        else:
+            waiting.add(tier)
+    for name, tier in timeline.tiers.items():
+        tier.without_routes = without.get(name, 0)
+        if tier.affected == 0 or name in waiting:
+            continue
+        if name not in state.routes_tiers:
+            moment = min(max([timeline.started_at, *updated_at[name]]), timezone.now())
+            state.routes_tiers[name] = round(timeline.offset(moment), 3)
+            timeline.add(
+                state.routes_tiers[name],
+                f"{name}: routes of {tier.deployments} affected deployments updated ({timeline.routes_source})",
+            )
+        tier.routes_after_s = state.routes_tiers[name]
+    return bool(waiting)
 
 
 def affected_deployments(state: DrillState) -> list[int]:

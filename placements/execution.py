@@ -66,6 +66,7 @@ from placements.observation import (
     run_per_cluster,
     unready_deployments,
 )
+from placements.routing import schedule_route_refresh
 
 logger = logging.getLogger(__name__)
 
@@ -377,6 +378,7 @@ def advance_plan(
     steps.sort(key=lambda step: (step.phase != StepPhase.SCALE_UP, step.cluster_id, step.deployment_id))
     # Settle or claim every step first, then write to the clusters concurrently, then record.
     claimed: list[tuple[ExecutionStep, ClusterWrite]] = []
+    ready_before = {step.pk: step.observed_ready for step in steps}
     preempting = preempting_tiers(steps, observations)
     for step in steps:
         replacements_ready = step.deployment_id not in unready or is_preempted(step, preempting)
@@ -389,6 +391,10 @@ def advance_plan(
     outcomes = write_clusters([(step.cluster, write) for step, write in claimed], adapters)
     for (step, write), outcome in zip(claimed, outcomes, strict=True):
         record_outcome(step, write, outcome, report, now)
+    # Routes change only where a step's observed ready count changed in this pass.
+    schedule_route_refresh(
+        {step.deployment_id for step in steps if step.observed_ready != ready_before[step.pk]}, reason="execution"
+    )
 
     recovered = recently_recovered(now - timeout)
     for step in steps:

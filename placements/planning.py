@@ -26,6 +26,7 @@ from compliance.services import record_event
 from fleet.availability import Availability, cluster_availability
 from fleet.models import Cluster, GpuSku
 from placements import failover
+from placements.autoscaling import measured_traffic, served_per_replica, weighted_origins
 from placements.models import (
     TIER_ORDER,
     Assignment,
@@ -35,6 +36,7 @@ from placements.models import (
     PlanStatus,
     SchedulerLock,
 )
+from placements.routing import schedule_route_refresh
 from placements.scheduler import solve
 from placements.scheduler.problem import (
     ClusterInput,
@@ -166,7 +168,16 @@ def load_clusters(
     return result
 
 
-def load_deployments() -> list[DeploymentInput]:
+def load_deployments(
+    current: dict[PlacementKey, int] | None = None, *, now: datetime | None = None
+) -> list[DeploymentInput]:
+    """Read every deployment as the scheduler's input, with its demand weighted by measured traffic.
+
+    Where a deployment has traffic samples in its window (``placements.autoscaling.measured_traffic``),
+    its demand origins' shares follow the measured requests per second of matching origins, and
+    ``served_per_replica`` gives the requests per second each of its ``current`` replicas serves
+    per cluster. The stored demand origins are not changed.
+    """
     by_customer, by_deployment = locks_by_subject()
     tier_rank = {tier.value: rank for rank, tier in enumerate(TIER_ORDER)}
     deployments = (
@@ -174,8 +185,13 @@ def load_deployments() -> list[DeploymentInput]:
         .prefetch_related("alternative_skus", "region_preferences__region__provider", "demand_origins")
         .order_by("pk")
     )
+    traffic = measured_traffic(Deployment.objects.values_list("pk", flat=True), now=now)
+    replicas_by_cluster: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    for (deployment_id, cluster_id, _sku), replicas in (current or {}).items():
+        replicas_by_cluster[deployment_id][cluster_id] += replicas
     result = []
     for deployment in deployments:
+        measured = traffic.get(deployment.pk)
         alternatives = sorted(sku.name for sku in deployment.alternative_skus.all() if sku.pk != deployment.sku_id)
         preferences = sorted(deployment.region_preferences.all(), key=lambda preference: preference.rank)
         result.append(
@@ -192,11 +208,15 @@ def load_deployments() -> list[DeploymentInput]:
                 region_preference=tuple(
                     region_key(preference.region.provider.name, preference.region.code) for preference in preferences
                 ),
-                origins=tuple(
-                    DemandOriginInput(origin.name, origin.latitude, origin.longitude, origin.share)
-                    for origin in deployment.demand_origins.all()
+                origins=weighted_origins(
+                    [
+                        DemandOriginInput(origin.name, origin.latitude, origin.longitude, origin.share)
+                        for origin in deployment.demand_origins.all()
+                    ],
+                    measured,
                 ),
                 locks=tuple(by_customer.get(deployment.customer_id, []) + by_deployment.get(deployment.pk, [])),
+                served_per_replica=served_per_replica(measured, replicas_by_cluster.get(deployment.pk, {})),
             )
         )
     return result
@@ -224,7 +244,7 @@ def prepare_problem(
     lost |= {cluster.id for cluster in clusters if cluster.state == "excluded"}
     current = current_placement()
     deployments, decisions = failover.plan_failover(
-        clusters, load_deployments(), current, lost=lost, now=now, write=write
+        clusters, load_deployments(current, now=now), current, lost=lost, now=now, write=write
     )
     return ProblemInput(clusters=clusters, deployments=deployments, current=current), decisions
 
@@ -308,6 +328,7 @@ def run_plan(
             previous.save(update_fields=["status"])
         failover.record_failbacks(plan, decisions, now)
         failover.update_conditions(plan, now)
+        schedule_route_refresh(reason=f"plan v{plan.version} applied")
     return plan
 
 

@@ -13,8 +13,11 @@ Service input (``data``) is a plain dict with these keys, any of which an update
   key such as ``"aws/us-east-1"``. Keys stay valid across databases, which ids do not.
 - ``demand_origins``: dicts with ``name``, ``country_code`` (optional), ``latitude``,
   ``longitude`` and ``share``.
+- ``autoscaling``: a dict of ``AutoscalingPolicy`` fields, or None for no policy
+  (``placements.autoscaling_policy``). While a policy is enabled the autoscaler owns
+  ``desired_replicas``: data that sets it is rejected, and the stored value is kept within min and max.
 
-On update, a list that is present replaces the stored list, and a list that is absent is kept.
+On update, a list or policy that is present replaces the stored one, and one that is absent is kept.
 """
 
 import logging
@@ -28,8 +31,10 @@ from django.db import transaction
 
 from compliance.services import record_event
 from fleet.models import GpuSku, Region
+from placements.autoscaling_policy import autoscaled_desired, check_replicas, save_autoscaling, validate_autoscaling
 from placements.models import (
     Assignment,
+    AutoscalingPolicy,
     Customer,
     DemandOrigin,
     Deployment,
@@ -162,6 +167,40 @@ def validate_deployment(data: Mapping[str, Any], *, customer: Customer | None, i
     return {**fields, "region_preference": regions, "demand_origins": origins}
 
 
+def validate_with_autoscaling(
+    merged: dict, data: Mapping[str, Any], *, customer, instance=None, stored_policy: AutoscalingPolicy | None = None
+) -> tuple[dict, dict | None]:
+    """Validate a deployment write that may carry an ``autoscaling`` policy; return (cleaned, policy).
+
+    ``merged`` is the whole deployment after the write and ``data`` the write itself. With an
+    enabled policy, a ``desired_replicas`` that ``data`` leaves out becomes the stored one (or the
+    default on create) within the new min and max. Errors of every part are raised together.
+    """
+    errors: dict[str, list[str]] = {}
+    if "autoscaling" in data:
+        policy = _collect_errors(errors, validate_autoscaling, data["autoscaling"], stored=stored_policy)
+    else:
+        policy = _collect_errors(
+            errors, validate_autoscaling, None if stored_policy is None else {}, stored=stored_policy
+        )
+    enabled = policy is not None and policy["enabled"]
+    low, high = merged.get("min_replicas"), merged.get("max_replicas")
+    numbers = all(isinstance(value, int) and not isinstance(value, bool) for value in (low, high))
+    if enabled and "desired_replicas" not in data and numbers and isinstance(merged.get("desired_replicas"), int):
+        merged = {
+            **merged,
+            "desired_replicas": autoscaled_desired(merged["desired_replicas"], min_replicas=low, max_replicas=high),
+        }
+    cleaned = _collect_errors(errors, validate_deployment, merged, customer=customer, instance=instance)
+    if cleaned is not None:
+        replicas = {field: cleaned[field] for field in ("min_replicas", "desired_replicas", "max_replicas")}
+        for field, messages in check_replicas(policy, replicas, desired_requested="desired_replicas" in data).items():
+            errors.setdefault(field, []).extend(messages)
+    if errors:
+        raise ValidationError(errors)
+    return cleaned, policy
+
+
 def _collect_errors(errors: dict[str, list[str]], check, *args, **kwargs) -> Any:
     """Run one validation ``check``, add its messages to ``errors``, and return its result or None."""
     try:
@@ -276,12 +315,15 @@ def create_deployment(*, actor, customer: Customer, data: Mapping[str, Any]) -> 
     Fields that ``data`` leaves out get the model's defaults (one replica of one GPU, no lists).
     """
     with transaction.atomic():
-        cleaned = validate_deployment({**deployment_defaults(), **data}, customer=customer)
+        merged = {**deployment_defaults(), **data}
+        cleaned, policy = validate_with_autoscaling(merged, data, customer=customer)
         deployment = Deployment(customer=customer, **_scalar_fields(cleaned))
         deployment.save()
         deployment.alternative_skus.set(cleaned["alternative_skus"])
         _replace_region_preference(deployment, cleaned["region_preference"])
         _replace_demand_origins(deployment, cleaned["demand_origins"])
+        if policy is not None:
+            save_autoscaling(actor=actor, deployment=deployment, policy=policy)
         record_event(
             actor=actor, action="deployment.created", subject=deployment, after=deployment_snapshot(deployment)
         )
@@ -296,7 +338,10 @@ def update_deployment(*, actor, deployment: Deployment, data: Mapping[str, Any])
         deployment = Deployment.objects.select_for_update().select_related("customer", "sku").get(pk=deployment.pk)
         before = deployment_snapshot(deployment)
         merged = {**_stored_values(deployment), **data}
-        cleaned = validate_deployment(merged, customer=deployment.customer, instance=deployment)
+        stored_policy = AutoscalingPolicy.objects.filter(deployment=deployment).first()
+        cleaned, policy = validate_with_autoscaling(
+            merged, data, customer=deployment.customer, instance=deployment, stored_policy=stored_policy
+        )
         for field, value in _scalar_fields(cleaned).items():
             setattr(deployment, field, value)
         deployment.save()
@@ -306,6 +351,8 @@ def update_deployment(*, actor, deployment: Deployment, data: Mapping[str, Any])
             _replace_region_preference(deployment, cleaned["region_preference"])
         if "demand_origins" in data:
             _replace_demand_origins(deployment, cleaned["demand_origins"])
+        if "autoscaling" in data:
+            save_autoscaling(actor=actor, deployment=deployment, policy=policy)
         record_event(
             actor=actor,
             action="deployment.updated",

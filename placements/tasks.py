@@ -1,4 +1,4 @@
-"""Celery tasks of the execution loop: telemetry, plan execution and reconciliation.
+"""Celery tasks of the execution loop: telemetry, plan execution, reconciliation and autoscaling.
 
 Each task records its run as a ``TaskRun`` row and calls a service. Follow-up tasks go to the
 queue their parent came from, so a worker that serves one queue receives the whole chain.
@@ -12,7 +12,7 @@ from django.conf import settings
 from fleet import telemetry
 from fleet.kube import ClusterError
 from fleet.models import Cluster
-from placements import execution, failover, reconcile
+from placements import autoscaling, execution, failover, reconcile, traffic
 from tasks.runs import recorded_run
 
 logger = logging.getLogger(__name__)
@@ -105,3 +105,29 @@ def expire_failover_requests(self) -> int:
         expired = failover.expire_requests()
         set_summary({"timed_out": expired})
     return expired
+
+
+# No retry: the schedule runs it again within one interval, and a failed pass changes nothing.
+@shared_task(bind=True, name="placements.autoscale", acks_late=True)
+def autoscale(self) -> int:
+    """Run one autoscaler pass: decide every enabled policy, and plan and execute the changes; returns how many."""
+    with recorded_run("autoscale", self.request.id or "") as set_summary:
+        decisions = autoscaling.autoscale_pass()
+        set_summary(
+            {
+                "changed": len(decisions),
+                "plan_id": decisions[0].plan_id if decisions else None,
+                "decisions": [[d.deployment_id, d.from_replicas, d.to_replicas] for d in decisions],
+            }
+        )
+    return len(decisions)
+
+
+# No retry: the schedule runs it again within one interval.
+@shared_task(bind=True, name="placements.prune_traffic", acks_late=True)
+def prune_traffic(self) -> int:
+    """Delete traffic samples older than ``MCM_TRAFFIC_RETENTION_S``; returns how many."""
+    with recorded_run("prune_traffic", self.request.id or "") as set_summary:
+        deleted = traffic.prune_traffic()
+        set_summary({"deleted": deleted})
+    return deleted

@@ -145,6 +145,8 @@ def deployment_form(customer, sku, **overrides) -> dict:
         "region_preferences-INITIAL_FORMS": 0,
         "demand_origins-TOTAL_FORMS": 0,
         "demand_origins-INITIAL_FORMS": 0,
+        "autoscaling-TOTAL_FORMS": 0,
+        "autoscaling-INITIAL_FORMS": 0,
     }
     return {**form, **overrides}
 

@@ -9,8 +9,11 @@ same capacity:
   unlisted region costs 1, so it comes after every listed one; 0 for all without a list;
 - price: 1 unit per USD 4 per GPU-hour, capped at 4 (a SKU without a price costs 0);
 - penalty: PENALISED_CLUSTER_PER_GPU on a cluster in the deployment's ``penalised_clusters``;
-- churn: 1 unit for each running replica that the plan removes from a (cluster, SKU), 0 for a
-  deployment with ``churn_free`` set;
+- churn: up to 1 unit for each running replica that the plan removes from a (cluster, SKU), 0 for
+  a deployment with ``churn_free`` set. Where the deployment's traffic is measured
+  (``served_per_replica``), a cluster whose replicas serve r requests per second each, against
+  r_max on its busiest cluster, costs MIN_CHURN_SHARE + (1 - MIN_CHURN_SHARE) x r / r_max, so a
+  scale-down removes replicas where they serve the least; without measurements it costs 1;
 - unmet: TIER_GAP_PER_GPU x (1 + lowest tier rank - tier rank) for each replica not placed.
 
 A placement on a cluster that is not penalised therefore costs at most MAX_PLACEMENT_COST_PER_GPU
@@ -24,10 +27,10 @@ The penalty equals the largest latency + preference + price cost a placement can
 A penalised pair therefore never costs less than any pair that is not penalised, so a penalised
 cluster gets replicas only when no other candidate has room or the spread rule needs it (or at a
 tie, when every cost of the other pair is at its cap). A running replica leaves a penalised
-cluster for any pair that costs less than its current pair plus 8 per GPU (the penalty minus the
-churn). A penalised placement with the churn it causes costs at most 9 + 9 + 1 = 19 per GPU, still
-less than TIER_GAP_PER_GPU (20), so the tier order above holds on penalised clusters too and an
-unmet replica always costs more than a penalised placement.
+cluster for any pair that costs less than its current pair plus 8 to 8.5 per GPU (the penalty minus
+the churn, which is 0.5 to 1). A penalised placement with the churn it causes costs at most
+9 + 9 + 1 = 19 per GPU, still less than TIER_GAP_PER_GPU (20), so the tier order above holds on
+penalised clusters too and an unmet replica always costs more than a penalised placement.
 """
 
 from dataclasses import dataclass
@@ -44,6 +47,9 @@ PRICE_CAP = 4.0
 PREFERENCE_WEIGHT = 1.0
 UNLISTED_REGION_PREFERENCE = 1.0
 CHURN_PER_GPU = 1.0
+# The churn of removing a replica that serves no measured demand, as a share of CHURN_PER_GPU. Above
+# 0, so an idle replica still does not move for a gain smaller than this.
+MIN_CHURN_SHARE = 0.5
 # The largest latency + preference + price cost of one GPU.
 MAX_PAIR_COST_PER_GPU = LATENCY_CAP + PREFERENCE_WEIGHT * UNLISTED_REGION_PREFERENCE + PRICE_CAP
 MAX_PLACEMENT_COST_PER_GPU = MAX_PAIR_COST_PER_GPU + CHURN_PER_GPU
@@ -143,14 +149,23 @@ def penalty_per_replica(deployment: DeploymentInput, cluster_id: int) -> float:
     return 0.0
 
 
-def churn_cost_per_replica(deployment: DeploymentInput) -> float:
-    """Return the cost of removing one running replica of ``deployment`` from where it runs.
+def churn_cost_per_replica(deployment: DeploymentInput, cluster_id: int | None = None) -> float:
+    """Return the cost of removing one running replica of ``deployment`` from the cluster ``cluster_id``.
 
-    It is 0 for a deployment with ``churn_free`` set (a failback).
+    It is 0 for a deployment with ``churn_free`` set (a failback), and at most CHURN_PER_GPU per
+    GPU. With measured traffic it is lower on clusters whose replicas serve less demand (see the
+    module docstring); ``cluster_id`` None gives the full cost.
     """
     if deployment.churn_free:
         return 0.0
-    return CHURN_PER_GPU * deployment.gpus_per_replica
+    full = CHURN_PER_GPU * deployment.gpus_per_replica
+    if cluster_id is None or not deployment.served_per_replica:
+        return full
+    served = dict(deployment.served_per_replica)
+    busiest = max(served.values())
+    if busiest <= 0:
+        return full
+    return full * (MIN_CHURN_SHARE + (1.0 - MIN_CHURN_SHARE) * served.get(cluster_id, 0.0) / busiest)
 
 
 def lowest_tier_rank(deployments: list[DeploymentInput]) -> int:

@@ -50,7 +50,7 @@ def evaluate(problem: ProblemInput, assignments: dict[PlacementKey, int]) -> tup
         if deployment is None or running <= 0:
             continue
         removed = max(0, running - assignments.get(key, 0))
-        terms["churn"] += removed * churn_cost_per_replica(deployment)
+        terms["churn"] += removed * churn_cost_per_replica(deployment, key[1])
 
     placed = placed_replicas(assignments)
     lowest = lowest_tier_rank(problem.deployments)
@@ -249,7 +249,7 @@ def _place_deployment(
     deployment = entry.deployment
     gpus = deployment.gpus_per_replica
     full_rule = deployment.spread == SPREAD_FULL and deployment.replicas >= 2
-    churn = churn_cost_per_replica(deployment)
+    churn = {cand.cluster: churn_cost_per_replica(deployment, cand.cluster_id) for cand in entry.candidates}
     running = {
         (cand.cluster, cand.sku): problem.current.get((deployment.id, cand.cluster_id, cand.sku), 0)
         for cand in entry.candidates
@@ -288,7 +288,7 @@ def _place_deployment(
             adds_group = (need_provider and table.providers[cand.cluster] not in providers) or (
                 need_region and table.regions[cand.cluster] not in regions
             )
-            cost = cand.cost.total - (churn if chosen[pair] < running[pair] else 0.0)
+            cost = cand.cost.total - (churn[cand.cluster] if chosen[pair] < running[pair] else 0.0)
             share = shares.get(pair, 0.0)
             key = (adds_group, min(share, 1.0) if share > 1e-6 else 0.0, -cost)
             if best is None or key > best_key:

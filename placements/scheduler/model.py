@@ -166,14 +166,14 @@ def _add_churn(model: Model, d: int, entry: DeploymentCandidates, running_pairs:
     ``running_pairs`` maps (cluster id, SKU) to the deployment's replicas running there now. A
     ``churn_free`` deployment gets no columns and no rows.
     """
-    churn = churn_cost_per_replica(entry.deployment)
-    if churn == 0.0:
+    if entry.deployment.churn_free:
         return 0.0
     position = {(cand.cluster_id, cand.sku): j for j, cand in enumerate(entry.candidates)}
     constant = 0.0
     for pair, running in running_pairs.items():
         if running <= 0:
             continue
+        churn = churn_cost_per_replica(entry.deployment, pair[0])
         j = position.get(pair)
         if j is None:
             constant += running * churn

@@ -90,6 +90,10 @@ class DeploymentInput:
     # True during a failback: moving its running replicas costs nothing, so they return to their
     # preferred places even where the gain is smaller than the usual churn cost.
     churn_free: bool = False
+    # Measured requests per second per running replica, by cluster id, where the deployment has
+    # traffic samples. Removing a replica costs less churn where its replicas serve less demand
+    # (costs.churn_cost_per_replica), so a scale-down removes the least-used ones first.
+    served_per_replica: tuple[tuple[int, float], ...] = ()
 
 
 # DeploymentInput.spread values.

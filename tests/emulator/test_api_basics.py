@@ -16,7 +16,7 @@ def test_version_reports_emulated_release(api_client):
 def test_api_groups_list_apps(api_client):
     groups = kubernetes.client.ApisApi(api_client).get_api_versions(_request_timeout=TIMEOUT)
 
-    assert [group.name for group in groups.groups] == ["apps"]
+    assert [group.name for group in groups.groups] == ["apps", "custom.metrics.k8s.io"]
 
 
 def test_request_without_token_gets_401(cluster):

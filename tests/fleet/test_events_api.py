@@ -224,11 +224,11 @@ def test_health_event_is_accepted(agent_client, payload):
 
 
 @pytest.mark.django_db
-def test_utilization_and_traffic_events_are_accepted(agent_client):
+def test_utilization_and_traffic_events_are_accepted(agent_client, acme_chat):
     batch = [
         event(1, kind="utilization", payload={"gpus_in_use": {"H100": 4}}),
         event(2, kind="utilization", payload={"deployments": {"12": {"gpus_in_use": 2, "ready_replicas": 1}}}),
-        event(3, kind="traffic", payload={"deployment_id": 12, "requests_per_second": 35.5, "origin": "US"}),
+        event(3, kind="traffic", payload={"deployment_id": acme_chat.pk, "requests_per_second": 35.5, "origin": "US"}),
     ]
 
     response = agent_client.post(URL, {"events": batch}, format="json")

@@ -274,12 +274,12 @@ def test_partial_report_keeps_missing_skus(fleet):
 
 
 @pytest.mark.django_db
-def test_other_kinds_leave_capacity_unchanged(fleet):
+def test_other_kinds_leave_capacity_unchanged(fleet, acme_chat):
     before = cluster_state()["capacity"]
     ingest(
         health(1, "failing"),
         {**health(2), "kind": "utilization", "payload": {"gpus_in_use": {"H100": 3}}},
-        {**health(3), "kind": "traffic", "payload": {"deployment_id": 1, "requests_per_second": 3.0}},
+        {**health(3), "kind": "traffic", "payload": {"deployment_id": acme_chat.pk, "requests_per_second": 3.0}},
     )
 
     applied = apply_events(cluster_id())

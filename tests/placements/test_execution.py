@@ -367,6 +367,8 @@ def test_setup_schedules_creates_periodic_tasks():
         "expire failover requests": ("placements.expire_failover_requests", 15, True),
         "plan placements": ("tasks.plan_placements", 300, True),
         "apply pending events": ("fleet.apply_pending_events", 30, True),
+        "autoscale": ("placements.autoscale", 15, True),
+        "prune traffic": ("placements.prune_traffic", 3600, True),
     }
 
 
@@ -376,8 +378,8 @@ def test_setup_schedules_twice_changes_nothing():
 
     call_command("setup_schedules", stdout=output)
 
-    assert output.getvalue().count("(unchanged)") == 6
-    assert len(schedules()) == 6
+    assert output.getvalue().count("(unchanged)") == 8
+    assert len(schedules()) == 8
 
 
 def test_setup_schedules_updates_interval_and_keeps_enabled():

@@ -13,7 +13,7 @@ class Schedule:
     name: str
     task: str
     option: str
-    default_s: int | None  # None: half of MCM_HEARTBEAT_INTERVAL_S
+    default_s: int | str | None  # None: half of MCM_HEARTBEAT_INTERVAL_S; a string names the setting
 
 
 SCHEDULES = (
@@ -26,19 +26,23 @@ SCHEDULES = (
     Schedule("evaluate health", "fleet.evaluate_health", "health_every", None),
     # Lets an undecided failover proceed soon after its emergency time-out.
     Schedule("expire failover requests", "placements.expire_failover_requests", "expire_every", 15),
+    Schedule("autoscale", "placements.autoscale", "autoscale_every", "MCM_AUTOSCALE_INTERVAL_S"),
+    Schedule("prune traffic", "placements.prune_traffic", "prune_traffic_every", 3600),
 )
 
 
 def default_every_s(schedule: Schedule) -> int:
     if schedule.default_s is None:
         return max(1, round(settings.MCM_HEARTBEAT_INTERVAL_S / 2))
+    if isinstance(schedule.default_s, str):
+        return max(1, round(getattr(settings, schedule.default_s)))
     return schedule.default_s
 
 
 class Command(BaseCommand):
     help = (
         "Create or update the periodic tasks that collect telemetry, judge cluster health, reconcile clusters, "
-        "time out undecided failovers and re-plan. "
+        "time out undecided failovers, re-plan, autoscale and prune old traffic samples. "
         "Running it again changes only intervals that differ; an operator's 'enabled' choice is kept."
     )
 

@@ -1,0 +1,74 @@
+"""Serializers of a deployment's autoscaling policy, its cold-start note and its scaling decisions.
+
+Shapes only: ``placements.autoscaling_policy`` checks the values, through the deployment services.
+"""
+
+from rest_framework import serializers
+
+from placements.models import AutoscalingPolicy, ScalingDecision
+
+
+class AutoscalingPolicySerializer(serializers.Serializer):
+    """A deployment's autoscaling policy; on write, fields left out keep their stored or default values."""
+
+    enabled = serializers.BooleanField(
+        required=False, help_text="While true the autoscaler sets desired_replicas; default true."
+    )
+    target_concurrency = serializers.FloatField(
+        required=False, help_text="In-flight requests one replica serves at full load; default 8."
+    )
+    target_utilization = serializers.FloatField(
+        required=False, help_text="Share of target_concurrency aimed at, in (0, 1]; default 0.7."
+    )
+    window_s = serializers.IntegerField(
+        required=False, help_text="Seconds of traffic averaged for each decision, 1 to 86400; default 60."
+    )
+    scale_down_delay_s = serializers.IntegerField(
+        required=False,
+        help_text="Seconds a lower need must last before replicas are removed, 0 to 86400; default 300.",
+    )
+    max_scale_down_fraction = serializers.FloatField(
+        required=False,
+        help_text="Largest share of replicas removed per minute, in (0, 1], at least one replica; default 0.5.",
+    )
+    scale_to_zero = serializers.BooleanField(
+        required=False,
+        help_text="Remove every replica after scale_down_delay_s without traffic; needs min_replicas 0.",
+    )
+    seconds_per_request = serializers.FloatField(
+        required=False,
+        help_text="Mean request duration, to derive concurrency when in-flight requests are not reported; default 1.",
+    )
+
+    def get_attribute(self, instance):
+        # A deployment without a policy has no related row: show null.
+        try:
+            return instance.autoscaling
+        except AutoscalingPolicy.DoesNotExist:
+            return None
+
+
+class ColdStartSerializer(serializers.Serializer):
+    message = serializers.CharField()
+    last_start_s = serializers.FloatField(
+        allow_null=True, help_text="Seconds the last start from zero took until a replica was ready; null if unknown."
+    )
+
+
+class ScalingDecisionSerializer(serializers.ModelSerializer):
+    plan_version = serializers.IntegerField(source="plan.version", allow_null=True, read_only=True)
+
+    class Meta:
+        model = ScalingDecision
+        fields = [
+            "id",
+            "decided_at",
+            "direction",
+            "from_replicas",
+            "to_replicas",
+            "reason",
+            "measurements",
+            "plan",
+            "plan_version",
+        ]
+        read_only_fields = fields
