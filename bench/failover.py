@@ -22,7 +22,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,9 +41,9 @@ django.setup()
 from collections import defaultdict  # noqa: E402
 
 from django.conf import settings  # noqa: E402
-from django.core.management import call_command  # noqa: E402
 
 from placements import demo_loop  # noqa: E402
+from placements.demo import build_catalog_fleet  # noqa: E402
 from placements.drill import Timeline, run_drill, settle_health  # noqa: E402
 from placements.models import Assignment, Deployment  # noqa: E402
 from placements.services import current_plan  # noqa: E402
@@ -130,21 +129,7 @@ def main() -> int:
 
     print(f"Database: {database_label()}")
     print(f"CPUs: {os.cpu_count()}, load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    call_command("migrate", verbosity=0, interactive=False)
-    if args.reset or current_plan() is None:
-        print(f"Building the fleet from {args.catalog} with {args.deployments} deployments (mcm_demo)...")
-        started = time.monotonic()
-        with open(os.devnull, "w") as quiet:
-            call_command(
-                "mcm_demo",
-                headless=True,
-                no_clusters=True,
-                catalog=[args.catalog],
-                deployments=args.deployments,
-                reset=args.reset,
-                stdout=quiet,
-            )
-        print(f"  built and planned in {time.monotonic() - started:.1f} s")
+    build_catalog_fleet(catalog=args.catalog, deployments=args.deployments, reset=args.reset)
     deployments = Deployment.objects.count()
     if deployments < args.deployments:
         print(f"The database holds {deployments} deployments, fewer than {args.deployments}: run with --reset")

@@ -47,12 +47,11 @@ django.setup()
 
 from django.conf import settings  # noqa: E402
 from django.contrib.auth import get_user_model  # noqa: E402
-from django.core.management import call_command  # noqa: E402
 from rest_framework.authtoken.models import Token  # noqa: E402
 
 from fleet.models import Cluster, TelemetrySnapshot, TelemetrySource  # noqa: E402
 from placements import routing  # noqa: E402
-from placements.demo import load_cities  # noqa: E402
+from placements.demo import build_catalog_fleet, load_cities  # noqa: E402
 from placements.models import Assignment, Deployment  # noqa: E402
 from placements.services import current_plan  # noqa: E402
 
@@ -87,24 +86,6 @@ class QuietHandler(WSGIRequestHandler):
 
 make_server("127.0.0.1", {port}, get_wsgi_application(), PoolServer, QuietHandler).serve_forever()
 """
-
-
-def build_fleet(args) -> None:
-    call_command("migrate", verbosity=0, interactive=False)
-    if args.reset or current_plan() is None:
-        print(f"Building the fleet from {args.catalog} with {args.deployments} deployments (mcm_demo)...")
-        started = time.monotonic()
-        with open(os.devnull, "w") as quiet:
-            call_command(
-                "mcm_demo",
-                headless=True,
-                no_clusters=True,
-                catalog=[args.catalog],
-                deployments=args.deployments,
-                reset=args.reset,
-                stdout=quiet,
-            )
-        print(f"  built and planned in {time.monotonic() - started:.1f} s")
 
 
 def report_planned_ready() -> int:
@@ -224,7 +205,7 @@ def main() -> int:
     database = settings.DATABASES["default"]["NAME"]
     print(f"Database: PostgreSQL ({database}); route table: {settings.MCM_ROUTES_REDIS_URL}")
     print(f"CPUs: {os.cpu_count()}, load average at start: {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    build_fleet(args)
+    build_catalog_fleet(catalog=args.catalog, deployments=args.deployments, reset=args.reset)
     deployment_ids = list(Deployment.objects.values_list("pk", flat=True))
     clusters = report_planned_ready()
     cities, cities_source = load_cities(args.catalog if args.catalog.is_dir() else None)

@@ -274,3 +274,33 @@ def provider_region_counts() -> dict[str, int]:
     for region in Region.objects.filter(clusters__isnull=False).distinct().select_related("provider"):
         counts[region.provider.name] += 1
     return dict(counts)
+
+
+def build_catalog_fleet(*, catalog: str, deployments: int, reset: bool, progress=print) -> None:
+    """Migrate, then build the demo fleet from ``catalog`` and plan it, unless a plan exists and ``reset`` is off.
+
+    Benchmarks use it so that they measure the same fleet as the demo.
+    """
+    import os
+    import time
+
+    from django.core.management import call_command
+
+    from placements.services import current_plan
+
+    call_command("migrate", verbosity=0, interactive=False)
+    if not reset and current_plan() is not None:
+        return
+    progress(f"Building the fleet from {catalog} with {deployments} deployments (mcm_demo)...")
+    started = time.monotonic()
+    with open(os.devnull, "w") as quiet:
+        call_command(
+            "mcm_demo",
+            headless=True,
+            no_clusters=True,
+            catalog=[catalog],
+            deployments=deployments,
+            reset=reset,
+            stdout=quiet,
+        )
+    progress(f"  built and planned in {time.monotonic() - started:.1f} s")

@@ -862,6 +862,43 @@ def settle_health(*, timeout_s: float = 60.0, progress: Callable[[str], None] = 
         time.sleep(1.0)
 
 
+def start_converged_fleet(
+    *, ready_delay_s: float, converge_timeout_s: float, progress: Callable[[str], None], verbose: bool = True
+) -> list:
+    """Start the emulated fleet, let health settle and converge the applied plan; return the clusters.
+
+    Raises ``DrillError`` when the plan does not converge within ``converge_timeout_s``, after
+    stopping the clusters it started.
+    """
+    from placements import demo_loop  # it imports the emulator, which only demos and drills need
+
+    started = time.monotonic()
+    progress(f"Starting one emulated Kubernetes cluster per fleet cluster (ready delay {ready_delay_s:.2g} s)...")
+    emulated = demo_loop.start_emulated_fleet(ready_delay_s=ready_delay_s)
+    try:
+        progress(f"  {len(emulated)} clusters listening on 127.0.0.1; reading them until health settles")
+        lost = settle_health(progress=progress)
+        if lost:
+            progress(f"  still lost to placement: {', '.join(lost[:6])} (an open outage?)")
+        plan = current_plan()
+        progress(f"Converging plan v{plan.version}: collect, execute, reconcile...")
+        state = demo_loop.run_loop(plan, timeout_s=converge_timeout_s, progress=progress if verbose else print_nothing)
+        if not state.done:
+            raise DrillError(
+                f"only {state.converged} of {state.deployments} deployments run what plan v{plan.version} decided "
+                f"after {state.seconds:.0f} s; raise --converge-timeout"
+            )
+        progress(f"  converged in {time.monotonic() - started:.1f} s")
+    except BaseException:
+        demo_loop.stop_emulated_fleet(emulated)
+        raise
+    return emulated
+
+
+def print_nothing(line: str) -> None:
+    """Drop a progress line."""
+
+
 def run_drills(
     *,
     scope: str,

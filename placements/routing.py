@@ -272,10 +272,10 @@ def exclusion_reason(cluster: Cluster, availability, locks, ready_count: int) ->
 def deployment_locks(
     deployments: list[Deployment], *, everyone: bool
 ) -> tuple[dict[int, list[LockInput]], dict[int, list[LockInput]]]:
-    """The placement locks that bind these deployments: (customer id -> locks, deployment id -> locks).
+    """Return the placement locks that bind these deployments: (customer id -> locks, deployment id -> locks).
 
-    ``everyone`` reads every lock at once, as ``compliance.locks.locks_by_subject`` does; otherwise
-    only the locks of these deployments and the customer-wide locks of their customers are read.
+    With ``everyone``, read every lock at once, as ``compliance.locks.locks_by_subject`` does.
+    Otherwise read only the locks of these deployments and the customer-wide locks of their customers.
     """
     if everyone:
         return locks_by_subject()
@@ -295,7 +295,7 @@ def deployment_locks(
 
 
 def planned_replicas(deployment_ids: list[int] | None, plan: PlacementPlan | None) -> dict[int, dict[int, int]]:
-    """Replicas per deployment and cluster in ``plan``, the current applied plan (all deployments when None)."""
+    """Return the replicas per deployment and cluster in ``plan``, the current applied plan (all when ids is None)."""
     planned: dict[int, dict[int, int]] = defaultdict(lambda: defaultdict(int))
     if plan is None:
         return {}
@@ -307,9 +307,9 @@ def planned_replicas(deployment_ids: list[int] | None, plan: PlacementPlan | Non
     return planned
 
 
-# Each cluster's latest successful snapshot, found through the (cluster, -taken_at) index, and
-# in it only the wanted deployments' entries (all when %(every)s), plus one row for each cluster
-# in %(clusters)s that reports none of them, so that its snapshot time is known.
+# One row per wanted deployment in each cluster's latest successful snapshot (every deployment
+# when %(every)s). The (cluster, -taken_at) index finds that snapshot. A cluster in %(clusters)s
+# that reports none of them still gets one row, because its snapshot time is needed.
 LATEST_READY_SQL = """
 SELECT cluster.id, latest.taken_at, observed.key, observed.value ->> 'ready'
 FROM {cluster} AS cluster
@@ -325,7 +325,7 @@ WHERE observed.key IS NOT NULL OR cluster.id = ANY(%(clusters)s)
 
 
 def ready_replicas(deployment_ids: list[int] | None, plan: PlacementPlan | None) -> dict[int, dict[int, int]]:
-    """The latest observed ready replicas per deployment and cluster (all deployments when None).
+    """Return the latest observed ready replicas per deployment and cluster (all deployments when ids is None).
 
     Each cluster's latest successful telemetry snapshot gives its ready replicas. An execution
     step of ``plan`` (the current plan) that observed the cluster after that snapshot wins for
@@ -337,23 +337,16 @@ def ready_replicas(deployment_ids: list[int] | None, plan: PlacementPlan | None)
         if deployment_ids is not None:
             rows = rows.filter(deployment_id__in=deployment_ids)
         steps = list(rows.values_list("deployment_id", "cluster_id", "observed_ready", "updated_at"))
-    query = LATEST_READY_SQL.format(
-        cluster=connection.ops.quote_name(Cluster._meta.db_table),
-        snapshot=connection.ops.quote_name(TelemetrySnapshot._meta.db_table),
-    )
-    params = {
-        "every": deployment_ids is None,
-        "keys": [str(pk) for pk in deployment_ids or []],
-        "clusters": sorted({cluster_id for _, cluster_id, _, _ in steps}),
-    }
     ready: dict[int, dict[int, int]] = defaultdict(dict)
     taken: dict[int, datetime] = {}
-    with connection.cursor() as cursor:
-        cursor.execute(query, params)
-        for cluster_id, taken_at, deployment_id, observed in cursor.fetchall():
-            taken[cluster_id] = taken_at
-            if deployment_id is not None and observed is not None and observed.isdigit() and int(observed) > 0:
-                ready[int(deployment_id)][cluster_id] = int(observed)
+    if connection.vendor == "postgresql":
+        latest = _latest_ready_postgresql(deployment_ids, {cluster_id for _, cluster_id, _, _ in steps})
+    else:
+        latest = _latest_ready_portable(deployment_ids)
+    for cluster_id, taken_at, deployment_id, observed in latest:
+        taken[cluster_id] = taken_at
+        if deployment_id is not None and observed is not None and observed.isdigit() and int(observed) > 0:
+            ready[int(deployment_id)][cluster_id] = int(observed)
     for deployment_id, cluster_id, observed_ready, updated_at in steps:
         if cluster_id not in taken or updated_at > taken[cluster_id]:
             ready[deployment_id][cluster_id] = observed_ready
@@ -361,6 +354,42 @@ def ready_replicas(deployment_ids: list[int] | None, plan: PlacementPlan | None)
         deployment_id: {cluster_id: count for cluster_id, count in by_cluster.items() if count > 0}
         for deployment_id, by_cluster in ready.items()
     }
+
+
+def _latest_ready_postgresql(
+    deployment_ids: list[int] | None, step_clusters: set[int]
+) -> list[tuple[int, datetime, str | None, str | None]]:
+    """Read (cluster, snapshot time, deployment key, ready) from each cluster's latest ok snapshot in one query."""
+    query = LATEST_READY_SQL.format(
+        cluster=connection.ops.quote_name(Cluster._meta.db_table),
+        snapshot=connection.ops.quote_name(TelemetrySnapshot._meta.db_table),
+    )
+    params = {
+        "every": deployment_ids is None,
+        "keys": [str(pk) for pk in deployment_ids or []],
+        "clusters": sorted(step_clusters),
+    }
+    with connection.cursor() as cursor:
+        cursor.execute(query, params)
+        return cursor.fetchall()
+
+
+def _latest_ready_portable(deployment_ids: list[int] | None) -> list[tuple[int, datetime, str | None, str | None]]:
+    """Read the same rows as ``_latest_ready_postgresql`` through the ORM, for SQLite in the embedded mode.
+
+    It loads each cluster's whole latest snapshot, which is fine for the embedded mode's fleets.
+    """
+    latest = TelemetrySnapshot.objects.filter(cluster_id=OuterRef("pk"), ok=True).order_by("-taken_at")
+    snapshot_ids = Cluster.objects.annotate(latest=Subquery(latest.values("pk")[:1])).values_list("latest", flat=True)
+    snapshots = TelemetrySnapshot.objects.filter(pk__in=[pk for pk in snapshot_ids if pk is not None])
+    wanted = None if deployment_ids is None else {str(pk) for pk in deployment_ids}
+    rows: list[tuple[int, datetime, str | None, str | None]] = []
+    for cluster_id, taken_at, deployments in snapshots.values_list("cluster_id", "taken_at", "deployments"):
+        rows.append((cluster_id, taken_at, None, None))
+        for key, observed in (deployments or {}).items():
+            if (wanted is None or key in wanted) and isinstance(observed, dict):
+                rows.append((cluster_id, taken_at, key, str(observed.get("ready", ""))))
+    return rows
 
 
 def replica_capacity_rps(deployment: Deployment) -> float:

@@ -4,7 +4,10 @@ Samples arrive from two doors, with the same meaning: ``traffic`` events pushed 
 API (source push) and the custom metrics the pull collector reads from each cluster (source pull).
 A sample belongs to a series keyed by (cluster, origin). A window's traffic is the mean of each
 series over the window, summed over the series, so a series that reports every 5 s weighs as much
-as one that reports every 30 s.
+as one that reports every 30 s. A pulled series is averaged over every successful read of its
+cluster in the window, not only the reads that reported it: the collector stores no sample for a
+series that stopped, so traffic that moved to another cluster within the window is not counted
+twice.
 """
 
 import logging
@@ -15,9 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import Avg, Count, Max
+from django.db.models import Count, Max, Sum
 from django.utils import timezone
 
+from fleet.models import TelemetrySnapshot, TelemetrySource
 from placements.models import Deployment, TrafficSample, TrafficSource
 
 logger = logging.getLogger(__name__)
@@ -55,20 +59,44 @@ def window_traffic(
     if window_s <= 0:
         raise ValueError(f"window_s must be greater than 0, got {window_s}")
     now = now or timezone.now()
-    samples = TrafficSample.objects.filter(observed_at__gt=now - timedelta(seconds=window_s), observed_at__lte=now)
+    since = now - timedelta(seconds=window_s)
+    samples = TrafficSample.objects.filter(observed_at__gt=since, observed_at__lte=now)
     if deployment_ids is not None:
         samples = samples.filter(deployment_id__in=list(deployment_ids))
     # One row per series; the index on (deployment, observed_at) or on observed_at serves the filter.
-    series = samples.values("deployment_id", "cluster_id", "origin").annotate(
-        rps=Avg("requests_per_second"),
-        in_flight=Avg("in_flight"),
-        count=Count("id"),
-        newest=Max("observed_at"),
+    series = list(
+        samples.values("deployment_id", "cluster_id", "origin", "source")
+        .annotate(
+            rps_sum=Sum("requests_per_second"),
+            in_flight_sum=Sum("in_flight"),
+            in_flight_count=Count("in_flight"),
+            count=Count("id"),
+            newest=Max("observed_at"),
+        )
+        .order_by()
     )
+    reads = _pull_reads({row["cluster_id"] for row in series if row["source"] == TrafficSource.PULL}, since, now)
     by_deployment: dict[int, list[dict]] = defaultdict(list)
-    for row in series.order_by():
+    for row in series:
+        # A pulled series counts as 0 at each read of its cluster that did not report it.
+        reads_of_cluster = reads.get(row["cluster_id"], 0) if row["source"] == TrafficSource.PULL else 0
+        row["rps"] = row["rps_sum"] / max(row["count"], reads_of_cluster)
+        row["in_flight"] = None
+        if row["in_flight_count"]:
+            row["in_flight"] = row["in_flight_sum"] / max(row["in_flight_count"], reads_of_cluster)
         by_deployment[row["deployment_id"]].append(row)
     return {deployment_id: _combine(rows) for deployment_id, rows in by_deployment.items()}
+
+
+def _pull_reads(cluster_ids: set[int | None], since: datetime, now: datetime) -> dict[int, int]:
+    """Count the successful pulled reads of each cluster in (since, now]."""
+    cluster_ids.discard(None)
+    if not cluster_ids:
+        return {}
+    snapshots = TelemetrySnapshot.objects.filter(
+        cluster_id__in=cluster_ids, source=TelemetrySource.PULL, ok=True, taken_at__gt=since, taken_at__lte=now
+    )
+    return dict(snapshots.values("cluster_id").annotate(reads=Count("id")).values_list("cluster_id", "reads"))
 
 
 def _combine(rows: list[dict]) -> TrafficWindow:

@@ -12,10 +12,11 @@ from django.utils import timezone
 
 from compliance.models import PlacementLock
 from fleet.models import Cluster, ClusterHealth, Outage, OutageScope, OutageSource, TelemetrySnapshot
-from placements import routing
+from placements import execution, routing
+from placements.execution import execute_plan
 from placements.models import AutoscalingPolicy, ExecutionStep, StepPhase, TrafficSample
 from placements.routing import ClientLocation, ready_changes, refresh_routes, resolve_location, routes_for
-from tests.placements.execution_factories import apply_plan
+from tests.placements.execution_factories import H100_LABEL, apply_plan, poll, start_site
 
 pytestmark = pytest.mark.django_db
 
@@ -371,6 +372,79 @@ def test_ready_changes_compares_latest_snapshot(fleet, chat_running, globex_sear
     assert ready_changes([changed, first, failed]) == {chat_running.pk, globex_search.pk}
 
 
+def test_single_entry_matches_full_build(fleet, acme, chat_running, globex_search, django_assert_max_num_queries):
+    """The entry of one deployment equals its entry in the all-deployments build, from fewer rows."""
+    PlacementLock.objects.create(deployment=chat_running, allowed_jurisdictions=["eu", "us"], reason="contract")
+    customer_lock = PlacementLock.objects.create(customer=acme, reason="AWS only")
+    customer_lock.allowed_providers.set([fleet.clusters["aws-use1-a"].region.provider])
+    PlacementLock.objects.create(deployment=globex_search, allowed_jurisdictions=["eu"], reason="GDPR")
+    apply_plan(
+        [
+            (chat_running, fleet.clusters["aws-use1-a"], 2),
+            (chat_running, fleet.clusters["aws-euw1-a"], 1),
+            (globex_search, fleet.clusters["gcp-usw4-a"], 1),
+        ]
+    )
+    # gcp-usw4-a reported chat before and no longer does; it reports globex/search now.
+    report_ready(fleet.clusters["gcp-usw4-a"], {chat_running: 1})
+    report_ready(fleet.clusters["gcp-usw4-a"], {globex_search: 1})
+    serve(chat_running, fleet.clusters["aws-use1-a"], 3.0)
+    serve(globex_search, fleet.clusters["gcp-usw4-a"], 1.0)
+    now = timezone.now()
+
+    every = routing.serving_entries(now=now)
+    # Deployment, plan, assignments, steps, snapshots, clusters, 2 x outages, locks + 3 prefetches, traffic.
+    with django_assert_max_num_queries(13):
+        one = routing.serving_entries([chat_running.pk], now=now)
+
+    assert one == {chat_running.pk: every[chat_running.pk]}
+    assert {cluster["name"] for cluster in one[chat_running.pk]["clusters"]} == {"aws-euw1-a", "aws-use1-a"}
+    assert one[chat_running.pk]["excluded"] == []
+    assert routing.serving_entries([globex_search.pk], now=now) == {globex_search.pk: every[globex_search.pk]}
+    assert every[globex_search.pk]["excluded"][0]["reason"].startswith("outside the locks: jurisdiction us")
+
+
+def test_single_entry_loads_own_locks(fleet, acme, globex, chat_running, globex_search):
+    PlacementLock.objects.create(deployment=chat_running, allowed_jurisdictions=["eu", "us"], reason="contract")
+    acme_lock = PlacementLock.objects.create(customer=acme, reason="no GCP")
+    PlacementLock.objects.create(deployment=globex_search, allowed_jurisdictions=["eu"], reason="GDPR")
+    PlacementLock.objects.create(customer=globex, allowed_jurisdictions=["eu"], reason="GDPR")
+
+    by_customer, by_deployment = routing.deployment_locks([chat_running], everyone=False)
+
+    assert {pk: [lock.source for lock in locks] for pk, locks in by_customer.items()} == {
+        acme.pk: [f"lock {acme_lock.pk} on customer {acme}"]
+    }
+    assert list(by_deployment) == [chat_running.pk]
+
+
+def test_execution_refreshes_changed_ready_only(monkeypatch, settings, fleet, acme_chat):
+    settings.MCM_CLUSTER_CALLS_PER_SECOND = 1000
+    nodes = [("h100-a", H100_LABEL, 8)]
+    east = start_site(fleet.clusters["aws-use1-a"], nodes)
+    west = start_site(fleet.clusters["aws-euw1-a"], nodes)
+    try:
+        first = apply_plan([(acme_chat, east.cluster, 2)])
+        poll(lambda: execute_plan(first.pk).done)
+        west.emulated.set_never_ready(True)
+        second = apply_plan([(acme_chat, west.cluster, 2)])
+        refreshed: list[set[int]] = []
+        monkeypatch.setattr(execution, "schedule_route_refresh", lambda ids, *, reason: refreshed.append(set(ids)))
+
+        for _ in range(3):
+            execute_plan(second.pk)
+        # The first pass observed the steps; the next two saw the same ready counts.
+        assert refreshed == [{acme_chat.pk}, set(), set()]
+
+        west.emulated.set_never_ready(False)
+        assert poll(lambda: execute_plan(second.pk).done)
+        # The pass that removed the old replicas observed east's ready count fall to 0.
+        assert refreshed[-1] == {acme_chat.pk}
+    finally:
+        east.emulated.stop()
+        west.emulated.stop()
+
+
 # Client locations.
 
 
@@ -424,3 +498,15 @@ def test_resolve_rejects(settings, tmp_path, fleet, params, field, text):
 
     assert list(raised.value.message_dict) == [field]
     assert text in raised.value.message_dict[field][0]
+
+
+def test_portable_ready_read_matches_postgresql(fleet, chat_running, monkeypatch):
+    """The ORM read that the embedded mode (SQLite) uses gives the same ready replicas."""
+    report_ready(fleet.clusters["aws-use1-a"], {chat_running: 1})
+    expected = routing.ready_replicas([chat_running.pk], None)
+    monkeypatch.setattr(routing.connection, "vendor", "sqlite")
+
+    portable = routing.ready_replicas([chat_running.pk], None)
+
+    assert portable == expected
+    assert portable[chat_running.pk] == {fleet.clusters["aws-use1-a"].pk: 1, fleet.clusters["aws-euw1-a"].pk: 1}

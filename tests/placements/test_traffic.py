@@ -347,3 +347,23 @@ def test_admin_lists_samples_read_only(superuser_client, fleet, acme_chat):
     assert "acme/chat" in response.content.decode()
     assert "aws-use1-a" in response.content.decode()
     assert add.status_code == 403
+
+
+def test_pulled_series_counts_zero_when_missing(fleet, acme_chat):
+    """Traffic that moved from one cluster to another within the window is counted once."""
+    from fleet.models import TelemetrySnapshot, TelemetrySource
+
+    east, west = fleet.clusters["aws-use1-a"], fleet.clusters["aws-euw1-a"]
+    for age_s in (50, 30, 10):
+        for cluster in (east, west):
+            snapshot = TelemetrySnapshot.objects.create(cluster=cluster, source=TelemetrySource.PULL, ok=True)
+            TelemetrySnapshot.objects.filter(pk=snapshot.pk).update(taken_at=NOW - timedelta(seconds=age_s))
+    sample(acme_chat, 12, cluster=east, origin="US", in_flight=6, age_s=50, source=TrafficSource.PULL)
+    sample(acme_chat, 12, cluster=west, origin="US", in_flight=6, age_s=30, source=TrafficSource.PULL)
+    sample(acme_chat, 12, cluster=west, origin="US", in_flight=6, age_s=10, source=TrafficSource.PULL)
+
+    window = window_traffic([acme_chat.pk], window_s=60, now=NOW)[acme_chat.pk]
+
+    assert window.by_cluster == {east.pk: 4, west.pk: 8}
+    assert window.requests_per_second == 12
+    assert window.in_flight == 6

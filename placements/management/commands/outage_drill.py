@@ -2,7 +2,6 @@
 
 import logging
 import os
-import time
 from pathlib import Path
 
 from django.conf import settings
@@ -11,7 +10,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from fleet.models import Cluster
 from placements import demo_loop
-from placements.drill import SCOPES, DrillError, resolve_scope, run_drills, settle_health
+from placements.drill import SCOPES, DrillError, resolve_scope, run_drills, start_converged_fleet
 from placements.services import current_plan
 
 
@@ -159,29 +158,10 @@ class Command(BaseCommand):
             raise CommandError(f"--{scope} {target} is invalid: {error}") from error
 
     def start_fleet(self, ready_delay: float, converge_timeout: float) -> list:
-        """Start the emulated fleet, let health settle and converge the applied plan; return the clusters."""
-        started = time.monotonic()
-        self.stdout.write(
-            f"Starting one emulated Kubernetes cluster per fleet cluster (ready delay {ready_delay} s)..."
-        )
-        emulated = demo_loop.start_emulated_fleet(ready_delay_s=ready_delay)
+        """Start the emulated fleet and converge the applied plan; return the clusters."""
         try:
-            self.stdout.write(f"  {len(emulated)} clusters listening on 127.0.0.1; reading them until health settles")
-            lost = settle_health(progress=self.stdout.write)
-            if lost:
-                self.stdout.write(
-                    self.style.WARNING(f"  still lost to placement: {', '.join(lost[:6])} (an open outage?)")
-                )
-            plan = current_plan()
-            self.stdout.write(f"Converging plan v{plan.version}: collect, execute, reconcile...")
-            state = demo_loop.run_loop(plan, timeout_s=converge_timeout, progress=self.stdout.write)
-            if not state.done:
-                raise CommandError(
-                    f"only {state.converged} of {state.deployments} deployments run what plan v{plan.version} decided "
-                    f"after {state.seconds:.0f} s; the drill needs a converged fleet (raise --converge-timeout)"
-                )
-            self.stdout.write(f"  converged in {time.monotonic() - started:.1f} s")
-        except BaseException:
-            demo_loop.stop_emulated_fleet(emulated)
-            raise
-        return emulated
+            return start_converged_fleet(
+                ready_delay_s=ready_delay, converge_timeout_s=converge_timeout, progress=self.stdout.write
+            )
+        except DrillError as error:
+            raise CommandError(f"{error}: the drill needs a converged fleet") from error
