@@ -53,7 +53,7 @@ from placements.execution import (
     step_write,
     write_clusters,
 )
-from placements.models import Deployment, DriftRecord, ExecutionStep, PlacementPlan, StepStatus
+from placements.models import Deployment, DriftRecord, ExecutionStep, PlacementPlan, StepPhase, StepStatus
 from placements.observation import (
     Adapters,
     ClusterObservation,
@@ -387,25 +387,33 @@ def record_drift(
 def request_replan(plan: PlacementPlan, timed_out: list[ExecutionStep], now: datetime) -> list[str]:
     """Audit each cluster that did not converge in time, and enqueue one re-plan around it after commit.
 
-    The SKUs of the timed-out steps are avoided on their clusters for ``MCM_NOT_CONVERGED_AVOID_S``
-    (``ClusterCapacity.avoid_until``), so the re-plan places those replicas elsewhere. The cluster's
-    state is not changed: taking a cluster out of service is the health model's decision.
+    The SKUs of the timed-out scale-up steps are avoided on their clusters for
+    ``MCM_NOT_CONVERGED_AVOID_S`` (``ClusterCapacity.avoid_until``), so the re-plan places those
+    replicas elsewhere. A timed-out scale-down step is not held against its cluster: it usually
+    waited, make-before-break, for replacements that did not start elsewhere, while its own
+    replicas kept running. The cluster's state is not changed: taking a cluster out of service is
+    the health model's decision.
     """
     clusters = {step.cluster.pk: step.cluster for step in timed_out}
     avoid_until = now + timedelta(seconds=settings.MCM_NOT_CONVERGED_AVOID_S)
     with transaction.atomic():
-        for step in timed_out:
+        starting = [step for step in timed_out if step.phase == StepPhase.SCALE_UP]
+        for step in starting:
             ClusterCapacity.objects.filter(cluster_id=step.cluster_id, sku_id=step.sku_id).update(
                 avoid_until=avoid_until
             )
+        avoided = {step.cluster_id for step in starting}
         for cluster in clusters.values():
             step_ids = [step.pk for step in timed_out if step.cluster_id == cluster.pk]
+            after = {"plan_version": plan.version, "steps": step_ids}
+            if cluster.pk in avoided:
+                after["avoid_until"] = avoid_until.isoformat()
             record_event(
                 actor=ACTOR,
                 action="cluster.not_converged",
                 subject=cluster,
                 reason=f"steps of plan v{plan.version} did not converge in time; re-plan requested",
-                after={"plan_version": plan.version, "steps": step_ids, "avoid_until": avoid_until.isoformat()},
+                after=after,
             )
         transaction.on_commit(enqueue_replan)
     names = sorted(cluster.name for cluster in clusters.values())

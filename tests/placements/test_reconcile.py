@@ -183,6 +183,26 @@ def test_replan_avoids_cluster_that_did_not_converge(settings, sites, acme_chat,
     assert west.free_gpus[capacity.sku.name] == 0
 
 
+def test_replan_keeps_cluster_that_waited_to_scale_down(settings, sites, acme_chat, replans):
+    """A scale-down held for replacements that never start elsewhere does not make its cluster avoided."""
+    first = apply_plan([(acme_chat, sites.east.cluster, 2)])
+    assert reconcile_until(lambda: step_on(first, sites.east).status == StepStatus.EXECUTED)
+    assert poll(lambda: sites.east.ready(acme_chat) == 2)
+    sites.west.emulated.set_never_ready(True)
+    move = apply_plan([(acme_chat, sites.west.cluster, 2)])
+    reconcile()
+    later = timezone.now() + timedelta(seconds=settings.MCM_EXECUTION_TIMEOUT_S + 1)
+
+    report = reconcile(now=later)
+
+    assert report.steps_timed_out == 2
+    assert step_on(move, sites.east).status == StepStatus.FAILED
+    assert sites.east.ready(acme_chat) == 2
+    sku = step_on(move, sites.west).sku
+    assert ClusterCapacity.objects.get(cluster=sites.west.cluster, sku=sku).avoid_until is not None
+    assert ClusterCapacity.objects.get(cluster=sites.east.cluster, sku=sku).avoid_until is None
+
+
 def test_unreachable_cluster_is_reported(sites):
     sites.east.emulated.set_unreachable(True)
 
