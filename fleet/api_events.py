@@ -62,6 +62,14 @@ class EventResultSerializer(serializers.Serializer):
         fields["errors"] = serializers.DictField(
             child=serializers.CharField(), help_text="Field path -> reason; empty unless rejected."
         )
+        fields["waiting"] = serializers.CharField(
+            required=False,
+            help_text=(
+                "Present on a rejected event whose cluster and sequence are valid but whose sequence number is "
+                "not stored: the cluster's later events wait until an event with that sequence arrives or "
+                "MCM_EVENT_GAP_TIMEOUT_S passes."
+            ),
+        )
         return fields
 
 
@@ -84,7 +92,10 @@ class EventIngestView(APIView):
         description=(
             "Stores the valid events and reports each one by index as accepted, duplicate (its "
             "event_id was already stored for the cluster; nothing changes) or rejected (with the field "
-            "and the reason). Events are applied later in per-cluster sequence order. Replies 200 "
+            "and the reason). Events are applied later in per-cluster sequence order, so a rejected event "
+            "whose sequence number is not stored holds back the cluster's later events until an event with "
+            "that sequence arrives or MCM_EVENT_GAP_TIMEOUT_S passes; its result then carries a waiting note. "
+            "Replies 200 "
             "whenever the body is a well-formed batch; 400 when it is not; 413 when the body is too large."
         ),
         request=EventBatchSerializer,

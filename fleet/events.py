@@ -51,6 +51,14 @@ class EventResult:
     index: int
     status: str
     errors: dict[str, str] = field(default_factory=dict)
+    # Set on a rejected event whose sequence number is now a gap that holds back the cluster's later events.
+    waiting: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"index": self.index, "status": self.status, "errors": self.errors}
+        if self.waiting:
+            body["waiting"] = self.waiting
+        return body
 
 
 @dataclass
@@ -68,9 +76,7 @@ class IngestResult:
             "accepted": self.count(ACCEPTED),
             "duplicates": self.count(DUPLICATE),
             "rejected": self.count(REJECTED),
-            "results": [
-                {"index": result.index, "status": result.status, "errors": result.errors} for result in self.results
-            ],
+            "results": [result.as_dict() for result in self.results],
         }
 
 
@@ -93,6 +99,8 @@ def ingest_events(*, actor, batch: list[Any]) -> IngestResult:
     Invalid events are rejected with field and reason while the valid ones are stored. An event
     whose cluster already has its ``event_id`` is a duplicate and changes nothing, even if its
     content differs. After commit, one apply task per cluster with new events is enqueued.
+    A rejected event with a valid cluster and sequence that leaves a gap in the cluster's stream
+    gets a ``waiting`` note (see ``_note_gaps``).
     """
     started = time.perf_counter()
     results: list[EventResult | None] = [None] * len(batch)
@@ -138,6 +146,7 @@ def ingest_events(*, actor, batch: list[Any]) -> IngestResult:
             results[index] = EventResult(index, REJECTED, dict(original.errors))
         else:
             results[index] = EventResult(index, DUPLICATE)
+    _note_gaps(batch, clusters, results)
 
     outcome = IngestResult([result for result in results if result is not None], cluster_ids)
     logger.info(
@@ -150,6 +159,48 @@ def ingest_events(*, actor, batch: list[Any]) -> IngestResult:
         outcome.count(REJECTED),
     )
     return outcome
+
+
+def _note_gaps(batch: list[Any], clusters: dict[str, int], results: list[EventResult | None]) -> None:
+    """Add a ``waiting`` note to each rejected event whose sequence number is now a gap of its cluster.
+
+    The applier stops at a missing sequence number, so the cluster's later events wait until an
+    event with that number arrives or ``MCM_EVENT_GAP_TIMEOUT_S`` passes (``_skip_stale_gap``).
+    Runs after the batch's insert. A concurrent batch may fill the gap a moment later, so the note
+    is advice and not a promise.
+    """
+    gaps: dict[int, tuple[int, int]] = {}  # index -> (cluster id, sequence)
+    for result in results:
+        if result is None or result.status != REJECTED:
+            continue
+        raw = batch[result.index]
+        if not isinstance(raw, dict) or "sequence" in result.errors:
+            continue
+        cluster_id = clusters.get(raw.get("cluster")) if isinstance(raw.get("cluster"), str) else None
+        if cluster_id is not None:
+            gaps[result.index] = (cluster_id, raw["sequence"])
+    if not gaps:
+        return
+
+    cluster_ids = {cluster_id for cluster_id, _ in gaps.values()}
+    # The filter matches every pair of these clusters and sequences; the set lookup below keeps the exact ones.
+    stored = set(
+        ClusterEvent.objects.filter(
+            cluster_id__in=cluster_ids, sequence__in={sequence for _, sequence in gaps.values()}
+        ).values_list("cluster_id", "sequence")
+    )
+    applied = dict(Cluster.objects.filter(pk__in=cluster_ids).values_list("pk", "last_applied_sequence"))
+    timeout = settings.MCM_EVENT_GAP_TIMEOUT_S
+    for index, (cluster_id, sequence) in gaps.items():
+        if (cluster_id, sequence) in stored or sequence <= applied.get(cluster_id, sequence):
+            continue
+        result = results[index]
+        assert result is not None
+        result.waiting = (
+            f"sequence {sequence} was not stored: later events of cluster {batch[index]['cluster']!r} wait until "
+            f"an event with sequence {sequence} arrives (resend this event corrected) or until "
+            f"MCM_EVENT_GAP_TIMEOUT_S ({timeout:g} s) passes, after which the gap is skipped"
+        )
 
 
 def _clusters_by_name(batch: list[Any]) -> dict[str, int]:

@@ -133,7 +133,9 @@ STATIC_ROOT = BASE_DIR / "var" / "static"
 
 # Celery. The embedded mode runs tasks in process; otherwise a broker URL is required.
 if MCM_EMBEDDED:
-    CELERY_BROKER_URL = "memory://"
+    # The in-memory transport ignores the host, but kombu 5.7 logs the warning "No hostname was
+    # supplied" when it copies a connection without one, as an eager task's first producer does.
+    CELERY_BROKER_URL = "memory://localhost/"
     CELERY_TASK_ALWAYS_EAGER = True
     CELERY_TASK_EAGER_PROPAGATES = True
 else:

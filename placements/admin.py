@@ -25,8 +25,8 @@ from fleet.models import Cluster, Provider, Region
 from placements import failover
 from placements.admin_routes import routes_link, routes_view
 from placements.api import POLICY_FIELDS, update_policy, validate_policy
+from placements.autoscaling_policy import INTEGER_RANGES, NUMBER_RANGES, error_key, validate_autoscaling
 from placements.autoscaling_policy import POLICY_FIELDS as AUTOSCALING_FIELDS
-from placements.autoscaling_policy import validate_autoscaling
 from placements.models import (
     Assignment,
     AutoscalingPolicy,
@@ -147,18 +147,54 @@ def origin_rows(formset) -> list[dict]:
     return [{field: form.cleaned_data.get(field) for field in fields} for form in kept_forms(formset)]
 
 
+class AutoscalingPolicyForm(forms.ModelForm):
+    """One policy row: the services' bounds as the inputs' min and max, and their errors by field."""
+
+    class Meta:
+        model = AutoscalingPolicy
+        fields = list(AUTOSCALING_FIELDS)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for field, (low, high) in INTEGER_RANGES.items():
+            self.fields[field].widget.attrs.update(min=low, max=high)
+        for field, (low, high) in NUMBER_RANGES.items():
+            # The lower bound is exclusive, which HTML cannot express: the services reject the bound itself.
+            self.fields[field].widget.attrs.update(min=low, step="any")
+            if high is not None:
+                self.fields[field].widget.attrs["max"] = high
+
+    def clean(self):
+        cleaned = super().clean()
+        if self.errors:
+            return cleaned  # a field failed to parse, so the service checks would repeat its error
+        try:
+            validate_autoscaling({field: cleaned.get(field) for field in AUTOSCALING_FIELDS})
+        except ValidationError as error:
+            for key, messages in error.message_dict.items():
+                field = key.removeprefix(error_key(""))
+                for message in messages:
+                    self.add_error(field if field in self.fields else None, message)
+        return cleaned
+
+
 class AutoscalingPolicyFormSet(forms.BaseInlineFormSet):
     def clean(self):
         super().clean()
         for form in kept_forms(self):
             values = {field: form.cleaned_data.get(field) for field in AUTOSCALING_FIELDS}
-            try:
-                validate_autoscaling(values)
-            except ValidationError as error:
-                raise ValidationError(error.message_dict["autoscaling"]) from error
+            if not values["enabled"] or "min_replicas" not in self.data:
+                continue
             # The deployment's own fields are in the same POST; the services check the pair again on save.
-            if values["enabled"] and not values["scale_to_zero"] and self.data.get("min_replicas") == "0":
+            min_replicas = self.data.get("min_replicas")
+            if not values["scale_to_zero"] and min_replicas == "0":
                 raise ValidationError("min_replicas 0 needs scale to zero: tick it, or set min replicas to at least 1.")
+            if values["scale_to_zero"] and min_replicas != "0":
+                form.add_error(
+                    "scale_to_zero",
+                    f"Scale to zero needs min_replicas 0, but min_replicas is {min_replicas}: set min replicas to 0, "
+                    "or untick scale to zero.",
+                )
 
 
 def autoscaling_data(formset) -> dict | None:
@@ -171,6 +207,7 @@ def autoscaling_data(formset) -> dict | None:
 
 class AutoscalingPolicyInline(admin.StackedInline):
     model = AutoscalingPolicy
+    form = AutoscalingPolicyForm
     formset = AutoscalingPolicyFormSet
     fields = list(AUTOSCALING_FIELDS)
     extra = 0

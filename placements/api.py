@@ -24,7 +24,12 @@ from fleet.api import ReasonSerializer, run_operation
 from fleet.models import Cluster, Provider, Region
 from mcm_site.api import ModelViewSet, ReadOnlyViewSet
 from placements import failover
-from placements.api_autoscaling import AutoscalingPolicySerializer, ColdStartSerializer, ScalingDecisionSerializer
+from placements.api_autoscaling import (
+    AutoscalingPolicySerializer,
+    ColdStartSerializer,
+    ScalingDecisionSerializer,
+    nest_policy_errors,
+)
 from placements.autoscaling_policy import cold_start_note
 from placements.models import (
     Assignment,
@@ -158,7 +163,8 @@ class DeploymentSerializer(serializers.ModelSerializer):
     name = serializers.CharField(help_text="Kubernetes-safe name (a slug), unique per customer.")
     gpus_per_replica = serializers.IntegerField(required=False, help_text="1 to 16; default 1.")
     min_replicas = serializers.IntegerField(
-        required=False, help_text="Default 1; 0 with autoscaling needs autoscaling.scale_to_zero."
+        required=False,
+        help_text="Default 1; at most max_replicas. With autoscaling, 0 goes with autoscaling.scale_to_zero.",
     )
     desired_replicas = serializers.IntegerField(
         required=False,
@@ -564,6 +570,12 @@ class DeploymentViewSet(ModelViewSet):
                 current_unmet=Subquery(outcomes.values("unmet_replicas")[:1]),
             )
         )
+
+    def handle_exception(self, exc):
+        response = super().handle_exception(exc)
+        if response.status_code == 400:
+            response.data = nest_policy_errors(response.data)
+        return response
 
     def perform_destroy(self, instance):
         delete_deployment(actor=self.request.user, deployment=instance)

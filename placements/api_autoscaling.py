@@ -3,9 +3,14 @@
 Shapes only: ``placements.autoscaling_policy`` checks the values, through the deployment services.
 """
 
+from collections.abc import Mapping
+
 from rest_framework import serializers
 
+from placements.autoscaling_policy import POLICY_FIELDS, error_key
 from placements.models import AutoscalingPolicy, ScalingDecision
+
+ERROR_PREFIX = error_key("")
 
 
 class AutoscalingPolicySerializer(serializers.Serializer):
@@ -40,6 +45,21 @@ class AutoscalingPolicySerializer(serializers.Serializer):
         help_text="Mean request duration, to derive concurrency when in-flight requests are not reported; default 1.",
     )
 
+    def to_internal_value(self, data):
+        # Unknown keys are rejected, not dropped (a misspelt field would be lost): with the type
+        # errors here, or else passed on so the services report them with the range errors.
+        unknown = sorted(set(data) - set(self.fields), key=str) if isinstance(data, Mapping) else []
+        try:
+            values = super().to_internal_value(data)
+        except serializers.ValidationError as error:
+            if not unknown or not isinstance(error.detail, dict):
+                raise
+            errors = {
+                str(name): [f"{name!r} is not a policy field: use {', '.join(POLICY_FIELDS)}."] for name in unknown
+            }
+            raise serializers.ValidationError({**error.detail, **errors}) from error
+        return {**values, **{name: data[name] for name in unknown}}
+
     def get_attribute(self, instance):
         # A deployment without a policy has no related row: show null.
         try:
@@ -72,3 +92,24 @@ class ScalingDecisionSerializer(serializers.ModelSerializer):
             "plan_version",
         ]
         read_only_fields = fields
+
+
+def nest_policy_errors(detail):
+    """Move the error keys ``autoscaling.<field>`` of a 400 response under ``autoscaling``, keyed by field.
+
+    The services key policy errors that way (Django's ``ValidationError`` does not nest); the
+    serializer's own type errors have this nested shape already.
+    """
+    if not isinstance(detail, dict) or not any(str(key).startswith(ERROR_PREFIX) for key in detail):
+        return detail
+    nested: dict = {}
+    result: dict = {}
+    for key, messages in detail.items():
+        if str(key).startswith(ERROR_PREFIX):
+            nested.setdefault(str(key)[len(ERROR_PREFIX) :], []).extend(messages)
+        else:
+            result[key] = messages
+    if isinstance(result.get("autoscaling"), list):
+        nested.setdefault("non_field_errors", []).extend(result["autoscaling"])
+    result["autoscaling"] = nested
+    return result

@@ -56,6 +56,11 @@ class RouteAnswerSerializer(serializers.Serializer):
     refreshed_at = serializers.DateTimeField(help_text="When the serving clusters were last read from the database.")
     routes = RouteSerializer(many=True, help_text="Clusters with spare capacity nearest first, then full ones.")
     excluded = ExcludedSerializer(many=True, help_text="Clusters that run or are planned to run it, but are no route.")
+    note = serializers.CharField(
+        allow_null=True,
+        help_text="Null when there are routes. Otherwise why there is none: scaled to zero (the first request "
+        "waits for a replica to start, see cold_start), no ready replica yet, or every serving cluster down.",
+    )
 
 
 LOCATION_PARAMETERS = [

@@ -24,7 +24,7 @@ The rule, per deployment:
 
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
@@ -34,6 +34,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from compliance.services import record_event
+from fleet.models import Cluster
 from placements.models import AutoscalingPolicy, Deployment, PlanTrigger, ScalingDecision, ScalingDirection
 from placements.scheduler.problem import DemandOriginInput
 from placements.traffic import TrafficWindow, window_traffic
@@ -80,16 +81,19 @@ def decide(
     state: dict,
     now: float,
     rate_period_s: float = RATE_PERIOD_S,
+    cluster_names: Mapping[int, str] | None = None,
 ) -> Decision:
     """Decide a deployment's replicas from the traffic of one window; ``now`` is in seconds (any epoch).
 
     ``state`` is the previous decision's ``Decision.state`` (empty at first); it is not modified.
     ``rate_period_s`` is the period of the scale-down rate (a replay that compresses time shortens it).
+    ``cluster_names`` maps cluster ids to names for the measurements' per-cluster traffic.
     """
     floor = min_replicas if policy.scale_to_zero else max(min_replicas, 1)
     floor = min(floor, max_replicas)
     history = _history(state, current=current, now=now)
-    measurements = measure(policy, traffic)
+    measurements = measure(policy, traffic, cluster_names=cluster_names)
+    measurements.update(min_replicas=min_replicas, max_replicas=max_replicas)
 
     if traffic is None or traffic.samples == 0:
         # Holding records the current count as the need, so a later scale-down waits the full delay.
@@ -152,8 +156,15 @@ def _scale_down(policy, current, recommendation, measurements, history, now, rat
     return _finish(target, current, reason, measurements, history, now, policy, rate_period_s, limits)
 
 
-def measure(policy: PolicyValues, traffic: TrafficWindow | None) -> dict[str, Any]:
-    """Return the measurements of one decision: the window's traffic and the concurrency derived from it."""
+def measure(
+    policy: PolicyValues, traffic: TrafficWindow | None, *, cluster_names: Mapping[int, str] | None = None
+) -> dict[str, Any]:
+    """Return the measurements of one decision: the window's traffic and the concurrency derived from it.
+
+    Per-cluster traffic is keyed by cluster name, as ``/traffic/`` shows it; a cluster missing from
+    ``cluster_names`` is keyed by its id.
+    """
+    names = cluster_names or {}
     per_replica = policy.target_concurrency * policy.target_utilization
     measurements: dict[str, Any] = {
         "window_s": policy.window_s,
@@ -173,11 +184,15 @@ def measure(policy: PolicyValues, traffic: TrafficWindow | None) -> dict[str, An
         in_flight=traffic.in_flight,
         concurrency=concurrency,
         concurrency_source=source,
-        by_cluster={str(cluster): rps for cluster, rps in sorted(traffic.by_cluster.items())},
-        in_flight_by_cluster={str(cluster): value for cluster, value in sorted(traffic.in_flight_by_cluster.items())},
+        by_cluster=_by_name(traffic.by_cluster, names),
+        in_flight_by_cluster=_by_name(traffic.in_flight_by_cluster, names),
         by_origin=dict(sorted(traffic.by_origin.items())),
     )
     return measurements
+
+
+def _by_name(values: Mapping[int, float], names: Mapping[int, str]) -> dict[str, float]:
+    return dict(sorted((names.get(cluster, str(cluster)), value) for cluster, value in values.items()))
 
 
 def recommend(measurements: dict, policy: PolicyValues, *, floor: int, max_replicas: int) -> int:
@@ -231,11 +246,20 @@ def _finish(target, current, reason, measurements, history, now, policy, rate_pe
 
 
 def _need_text(measurements: dict, recommendation: int) -> str:
+    """Describe the need: the raw recommendation, and the bound that moved it when one did."""
     source = "in-flight" if measurements["concurrency_source"] == "in_flight" else "from requests per second"
-    return (
+    raw = measurements["raw_recommendation"]
+    text = (
         f"concurrency {measurements['concurrency']:.3g} ({source}) at {measurements['per_replica_concurrency']:.3g} "
-        f"per replica needs {recommendation}"
+        f"per replica needs {raw}"
     )
+    if recommendation < raw:
+        text += f", capped at max_replicas {recommendation}"
+    elif recommendation > raw and recommendation == measurements["min_replicas"]:
+        text += f", raised to min_replicas {recommendation}"
+    elif recommendation > raw:
+        text += f", raised to {recommendation} because scale_to_zero is off"
+    return text
 
 
 # The pass over the database.
@@ -285,10 +309,18 @@ def decide_all(now: datetime, *, rate_period_s: float = RATE_PERIOD_S) -> list[S
             AutoscalingPolicy.objects.select_for_update().filter(deployment_id__in=deployments, enabled=True)
         )
         traffic = traffic_by_policy(policies, now=now)
+        cluster_ids = {cluster for window in traffic.values() for cluster in window.by_cluster}
+        cluster_ids.update(cluster for window in traffic.values() for cluster in window.in_flight_by_cluster)
+        names = dict(Cluster.objects.filter(pk__in=cluster_ids).values_list("pk", "name"))
         changes = []
         for policy in policies:
             change = apply_policy(
-                policy, deployments[policy.deployment_id], traffic.get(policy.deployment_id), now, rate_period_s
+                policy,
+                deployments[policy.deployment_id],
+                traffic.get(policy.deployment_id),
+                now,
+                rate_period_s,
+                cluster_names=names,
             )
             if change is not None:
                 changes.append(change)
@@ -312,6 +344,8 @@ def apply_policy(
     traffic: TrafficWindow | None,
     now: datetime,
     rate_period_s: float = RATE_PERIOD_S,
+    *,
+    cluster_names: Mapping[int, str] | None = None,
 ) -> ScalingDecision | None:
     """Decide one deployment, keep the policy's state, and store a change; the caller holds both row locks."""
     decision = decide(
@@ -323,6 +357,7 @@ def apply_policy(
         state=policy.state or {},
         now=now.timestamp(),
         rate_period_s=rate_period_s,
+        cluster_names=cluster_names,
     )
     policy.state = decision.state
     policy.save(update_fields=["state", "updated_at"])

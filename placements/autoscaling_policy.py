@@ -29,52 +29,67 @@ BOOLEAN_FIELDS = ("enabled", "scale_to_zero")
 # would keep a deployment from following its traffic at all.
 DURATION_RANGE_S = (1, 86400)
 DELAY_RANGE_S = (0, 86400)
+# Whole seconds, inclusive bounds.
+INTEGER_RANGES = {"window_s": DURATION_RANGE_S, "scale_down_delay_s": DELAY_RANGE_S}
+# Numbers greater than the lower bound and, where there is one, at most the upper bound.
+NUMBER_RANGES: dict[str, tuple[float, float | None]] = {
+    "target_concurrency": (0, None),
+    "target_utilization": (0, 1),
+    "max_scale_down_fraction": (0, 1),
+    "seconds_per_request": (0, None),
+}
+
+
+def error_key(field: str) -> str:
+    """Return the ``ValidationError`` key of a policy field: ``autoscaling.<field>``.
+
+    The API nests these as ``{"autoscaling": {field: [...]}}``; the admin shows them by field.
+    """
+    return f"autoscaling.{field}"
 
 
 def validate_autoscaling(values: Mapping[str, Any] | None, *, stored: AutoscalingPolicy | None = None) -> dict | None:
     """Check a policy and return it complete (stored or default values for fields left out); None stays None.
 
-    Raises ``ValidationError`` keyed by ``autoscaling``; each message names the field and quotes the value.
+    Raises ``ValidationError`` keyed by ``autoscaling.<field>`` (``error_key``), or by ``autoscaling``
+    when ``values`` is not an object; each message quotes the value.
     """
     if values is None:
         return None
     if not isinstance(values, Mapping):
         raise ValidationError({"autoscaling": [f"{values!r} is not an object of policy fields."]})
-    unknown = sorted(set(values) - set(POLICY_FIELDS))
-    errors = [f"autoscaling.{name}: unknown field; use {', '.join(POLICY_FIELDS)}." for name in unknown]
+    errors: dict[str, list[str]] = {}
+    for name in sorted(set(values) - set(POLICY_FIELDS), key=str):
+        errors[error_key(str(name))] = [f"{name!r} is not a policy field: use {', '.join(POLICY_FIELDS)}."]
     base = stored or AutoscalingPolicy()
     cleaned = {field: values.get(field, getattr(base, field)) for field in POLICY_FIELDS}
     for field in BOOLEAN_FIELDS:
         if not isinstance(cleaned[field], bool):
-            errors.append(f"autoscaling.{field}: {cleaned[field]!r} is not true or false.")
-    checks = [
-        ("target_concurrency", 0, None, "greater than 0"),
-        ("target_utilization", 0, 1, "greater than 0 and at most 1"),
-        ("max_scale_down_fraction", 0, 1, "greater than 0 and at most 1"),
-        ("seconds_per_request", 0, None, "greater than 0"),
-    ]
-    for field, low, high, text in checks:
+            errors[error_key(field)] = [f"{cleaned[field]!r} is not true or false."]
+    for field, (low, high) in NUMBER_RANGES.items():
         value = cleaned[field]
+        text = f"greater than {low:g}" + ("" if high is None else f" and at most {high:g}")
         if not _is_number(value):
-            errors.append(f"autoscaling.{field}: {value!r} is not a number.")
+            errors[error_key(field)] = [f"{value!r} is not a number."]
         elif not (value > low and (high is None or value <= high)):
-            errors.append(f"autoscaling.{field}: {value!r} is out of range: use a value {text}.")
-    for field, (low, high) in (("window_s", DURATION_RANGE_S), ("scale_down_delay_s", DELAY_RANGE_S)):
+            errors[error_key(field)] = [f"{value!r} is out of range: use a value {text}."]
+    for field, (low, high) in INTEGER_RANGES.items():
         value = cleaned[field]
         if isinstance(value, bool) or not isinstance(value, int):
-            errors.append(f"autoscaling.{field}: {value!r} is not an integer number of seconds.")
+            errors[error_key(field)] = [f"{value!r} is not an integer number of seconds."]
         elif not low <= value <= high:
-            errors.append(f"autoscaling.{field}: {value} is out of range: use {low} to {high} seconds.")
+            errors[error_key(field)] = [f"{value} is out of range: use {low} to {high} seconds."]
     if errors:
-        raise ValidationError({"autoscaling": errors})
+        raise ValidationError(errors)
     return cleaned
 
 
 def check_replicas(policy: dict | None, replicas: dict[str, int], *, desired_requested: bool) -> dict[str, list[str]]:
-    """Return errors for replica fields that contradict an enabled policy, keyed by field.
+    """Return errors for replica fields that contradict an enabled policy, keyed as ``ValidationError`` keys.
 
     ``replicas`` has min_replicas, desired_replicas and max_replicas as they will be stored;
-    ``desired_requested`` is whether the request itself set desired_replicas.
+    ``desired_requested`` is whether the request itself set desired_replicas. ``scale_to_zero`` and
+    ``min_replicas`` must agree: zero replicas need both, so either one alone is rejected.
     """
     if policy is None or not policy["enabled"]:
         return {}
@@ -87,6 +102,11 @@ def check_replicas(policy: dict | None, replicas: dict[str, int], *, desired_req
     if replicas["min_replicas"] == 0 and not policy["scale_to_zero"]:
         errors["min_replicas"] = [
             "0 needs autoscaling.scale_to_zero: set it to true, or set min_replicas to at least 1."
+        ]
+    if replicas["min_replicas"] > 0 and policy["scale_to_zero"]:
+        errors[error_key("scale_to_zero")] = [
+            f"true needs min_replicas 0, but min_replicas is {replicas['min_replicas']}: set min_replicas to 0, "
+            "or set autoscaling.scale_to_zero to false."
         ]
     return errors
 

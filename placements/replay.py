@@ -173,6 +173,10 @@ class DeploymentReport:
         return {**asdict(self), "served_share": self.served_share}
 
 
+# Report fields that describe one deployment and have no meaning in the totals.
+PER_DEPLOYMENT = ("deployment_id", "name", "model", "rate_scale", "min_ready_replicas")
+
+
 @dataclass
 class ReplayReport:
     deployments: list[DeploymentReport]
@@ -210,7 +214,7 @@ class ReplayReport:
             "plans": self.plans,
             "policy_overrides": {str(key): value for key, value in self.policy_overrides.items()},
             "deployments": [item.as_dict() for item in self.deployments],
-            "totals": self.totals().as_dict(),
+            "totals": {key: value for key, value in self.totals().as_dict().items() if key not in PER_DEPLOYMENT},
         }
 
     def format(self) -> str:

@@ -16,6 +16,7 @@ cordoned or draining cluster stays listed while it runs ready replicas. A suspec
 listed only when no healthy cluster serves the deployment, flagged ``"health": "suspect"``.
 """
 
+import difflib
 import json
 import logging
 import math
@@ -154,13 +155,27 @@ def locate_region(text: str) -> ClientLocation:
         regions = regions.filter(provider__name=provider)
     found = list(regions[:2])
     if not found:
-        raise ValidationError({"region": [f"{text!r} is unknown: use provider/code, for example aws/eu-central-1."]})
+        raise ValidationError({"region": [unknown_region_message(text)]})
     if len(found) > 1:
         raise ValidationError(
             {"region": [f"{text!r} is used by several providers: name one as provider/code, such as {found[0]}."]}
         )
     region = found[0]
     return ClientLocation(region.latitude, region.longitude, region.city or str(region), f"region {region}")
+
+
+def unknown_region_message(text: str) -> str:
+    """Say that no region ``text`` exists, and name up to three regions with similar names."""
+    keys = [str(region) for region in Region.objects.select_related("provider")]
+    codes = {key.rpartition("/")[2]: key for key in keys}
+    wanted = text.strip()
+    near = difflib.get_close_matches(wanted, keys, n=3, cutoff=0.6)
+    if not near and "/" not in wanted:
+        near = [codes[code] for code in difflib.get_close_matches(wanted, list(codes), n=3, cutoff=0.6)]
+    message = f"No region {text!r} exists"
+    if near:
+        return f"{message}. Did you mean {', '.join(near)}?"
+    return f"{message}: name one as provider/code, such as {keys[0] if keys else 'aws/eu-central-1'}."
 
 
 def locate_city(name: str) -> ClientLocation | None:
@@ -456,14 +471,31 @@ def rank_routes(entry: dict, location: ClientLocation) -> list[dict]:
 def routes_for(deployment_id: int, location: ClientLocation) -> dict:
     """Return the ranked routes of a deployment for a client, from the Redis table when it answers."""
     entry, source = table_entry(deployment_id)
+    routes = rank_routes(entry, location)
     return {
         "deployment": deployment_id,
         "client": asdict(location),
         "source": source,
         "refreshed_at": entry["refreshed_at"],
-        "routes": rank_routes(entry, location),
+        "routes": routes,
         "excluded": entry["excluded"],
+        "note": None if routes else no_route_note(deployment_id, entry["excluded"]),
     }
+
+
+def no_route_note(deployment_id: int, excluded: list[dict]) -> str:
+    """Say why a deployment has no route: scaled to zero, no ready replica yet, or every serving cluster lost."""
+    desired = Deployment.objects.filter(pk=deployment_id).values_list("desired_replicas", flat=True).first()
+    if desired == 0:
+        return (
+            "No route: the deployment is scaled to zero. The first request waits for a replica to start; "
+            "see cold_start on the deployment."
+        )
+    if excluded and all(item["reason"].startswith("lost") for item in excluded):
+        return "No route: every cluster that serves the deployment is down or lost; see excluded."
+    if excluded:
+        return "No route: no cluster has a ready replica the deployment may use yet; see excluded."
+    return "No route: no replica of the deployment is placed and ready yet."
 
 
 # The table in Redis.

@@ -239,6 +239,15 @@ def _check_numbers(cleaned: dict, errors: dict) -> None:
         if value is not None and value < minimum:
             errors.setdefault(field, []).append(f"{value} is out of range: the minimum is {minimum}.")
     low, desired, high = (cleaned.get(key) for key in ("min_replicas", "desired_replicas", "max_replicas"))
+    if low is not None and high is not None and low > high:
+        # Desired replicas cannot fit between bounds that cross, so only the bounds are reported.
+        errors.setdefault("min_replicas", []).append(
+            f"{low} is above max_replicas {high}: min_replicas must not exceed max_replicas."
+        )
+        errors.setdefault("max_replicas", []).append(
+            f"{high} is below min_replicas {low}: min_replicas must not exceed max_replicas."
+        )
+        return
     if low is None or desired is None or high is None:
         return
     if not low <= desired:

@@ -129,6 +129,7 @@ def test_reused_sequence_is_rejected(agent_client):
     result = response.json()["results"][0]
     assert result["status"] == "rejected"
     assert result["errors"] == {"sequence": "sequence 1 is already used by event 'first' of this cluster"}
+    assert "waiting" not in result
     assert list(ClusterEvent.objects.values_list("event_id", flat=True)) == ["first"]
 
 
@@ -139,6 +140,52 @@ def test_reused_sequence_in_batch_is_rejected(agent_client):
     result = response.json()["results"][1]
     assert result["status"] == "rejected"
     assert result["errors"] == {"sequence": "sequence 1 is already used by event 'a' in this batch"}
+    assert "waiting" not in result
+
+
+@pytest.mark.django_db
+def test_rejected_event_leaving_gap_gets_waiting_note(agent_client, settings):
+    settings.MCM_EVENT_GAP_TIMEOUT_S = 300
+    batch = [event(1), event(2, payload={"gpus": {"H100": {"allocatable": -1}}}), event(3)]
+
+    response = agent_client.post(URL, {"events": batch}, format="json")
+
+    results = response.json()["results"]
+    assert response.status_code == 200
+    assert results[1]["status"] == "rejected"
+    assert results[1]["waiting"] == (
+        "sequence 2 was not stored: later events of cluster 'aws-use1-a' wait until an event with sequence 2 "
+        "arrives (resend this event corrected) or until MCM_EVENT_GAP_TIMEOUT_S (300 s) passes, after which "
+        "the gap is skipped"
+    )
+    assert "waiting" not in results[0]
+    assert "waiting" not in results[2]
+
+
+@pytest.mark.django_db
+def test_rejected_applied_sequence_has_no_note(agent_client, fleet):
+    Cluster.objects.filter(pk=fleet.clusters["aws-use1-a"].pk).update(last_applied_sequence=5)
+
+    response = agent_client.post(URL, {"events": [event(4, kind="health", payload={})]}, format="json")
+
+    result = response.json()["results"][0]
+    assert result["status"] == "rejected"
+    assert "waiting" not in result
+
+
+@pytest.mark.django_db
+def test_corrected_resend_fills_the_gap(agent_client, fleet):
+    rejected = event(2, payload={"gpus": {"H100": {"allocatable": -1}}})
+    agent_client.post(URL, {"events": [event(1), rejected, event(3)]}, format="json")
+    cluster_id = fleet.clusters["aws-use1-a"].pk
+    assert apply_events(cluster_id) == 1
+
+    response = agent_client.post(URL, {"events": [event(2)]}, format="json")
+
+    assert response.json()["results"] == [{"index": 0, "status": "accepted", "errors": {}}]
+    assert apply_events(cluster_id) == 2
+    assert Cluster.objects.get(pk=cluster_id).last_applied_sequence == 3
+    assert ("aws-use1-a", "H100", 16, 13, 4) in capacity_state()
 
 
 @pytest.mark.django_db
@@ -167,6 +214,7 @@ def test_bad_events_rejected_valid_kept(agent_client):
         "payload.gpus.H100.allocatable": "must be an integer from 0 to 2147483647, got -1"
     }
     assert sorted(ClusterEvent.objects.values_list("sequence", flat=True)) == [1, 6]
+    assert [("waiting" in result) for result in body["results"]] == [False, False, False, True, True, False]
 
 
 @pytest.mark.django_db

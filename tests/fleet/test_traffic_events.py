@@ -92,11 +92,9 @@ def test_unknown_deployment_is_rejected_at_ingest(agent_client, acme_chat):
     )
 
     assert result["accepted"] == 1
-    assert result["results"][0] == {
-        "index": 0,
-        "status": "rejected",
-        "errors": {"payload.deployment_id": f"no deployment has id {missing}"},
-    }
+    assert result["results"][0]["status"] == "rejected"
+    assert result["results"][0]["errors"] == {"payload.deployment_id": f"no deployment has id {missing}"}
+    assert result["results"][0]["waiting"].startswith("sequence 1 was not stored: later events of cluster")
     assert list(ClusterEvent.objects.values_list("sequence", flat=True)) == [2]
 
 

@@ -1,5 +1,7 @@
 """The deployment admin's autoscaling policy inline, read-only desired replicas and recent decisions."""
 
+import re
+
 import pytest
 
 from compliance.models import AuditEvent
@@ -41,8 +43,37 @@ def test_admin_rejects_policy_out_of_range(superuser_client, acme, fleet):
     response = superuser_client.post(admin_url(Deployment, "add"), form)
 
     assert response.status_code == 200
-    assert "autoscaling.target_utilization: 1.5 is out of range" in response.content.decode()
+    assert response.context["inline_admin_formsets"][0].formset.forms[0].errors["target_utilization"] == [
+        "1.5 is out of range: use a value greater than 0 and at most 1."
+    ]
     assert not Deployment.objects.exists()
+
+
+def test_admin_rejects_scale_to_zero_with_min_one(superuser_client, acme, fleet):
+    form = deployment_form(acme, fleet.h100, min_replicas=1, **policy_rows(**{"autoscaling-0-scale_to_zero": "on"}))
+
+    response = superuser_client.post(admin_url(Deployment, "add"), form)
+
+    assert response.status_code == 200
+    errors = response.context["inline_admin_formsets"][0].formset.forms[0].errors
+    assert errors["scale_to_zero"][0].startswith("Scale to zero needs min_replicas 0, but min_replicas is 1")
+    assert not Deployment.objects.exists()
+
+
+def test_admin_policy_inputs_carry_the_real_bounds(superuser_client, acme_chat):
+    AutoscalingPolicy.objects.create(deployment=acme_chat)
+
+    page = superuser_client.get(admin_url(Deployment, "change", acme_chat.pk)).content.decode()
+
+    window = re.search(r'<input[^>]*name="autoscaling-0-window_s"[^>]*>', page).group(0)
+    assert 'min="1"' in window
+    assert 'max="86400"' in window
+    delay = re.search(r'<input[^>]*name="autoscaling-0-scale_down_delay_s"[^>]*>', page).group(0)
+    assert 'min="0"' in delay
+    assert 'max="86400"' in delay
+    utilization = re.search(r'<input[^>]*name="autoscaling-0-target_utilization"[^>]*>', page).group(0)
+    assert 'max="1"' in utilization
+    assert 'step="any"' in utilization
 
 
 def test_admin_rejects_min_zero_without_scale_to_zero(superuser_client, acme, fleet):

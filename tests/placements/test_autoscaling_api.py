@@ -43,12 +43,14 @@ def test_get_without_policy_shows_null(acme_client, acme_chat):
 @pytest.mark.parametrize(
     ("field", "value", "expected"),
     [
-        ("target_utilization", 1.5, "autoscaling.target_utilization: 1.5 is out of range"),
-        ("target_concurrency", 0.0, "autoscaling.target_concurrency: 0.0 is out of range"),
-        ("max_scale_down_fraction", 0.0, "autoscaling.max_scale_down_fraction: 0.0 is out of range"),
-        ("window_s", 0, "autoscaling.window_s: 0 is out of range"),
-        ("scale_down_delay_s", 100000, "autoscaling.scale_down_delay_s: 100000 is out of range"),
-        ("seconds_per_request", -1.0, "autoscaling.seconds_per_request: -1.0 is out of range"),
+        ("target_utilization", 1.5, "1.5 is out of range"),
+        ("target_concurrency", 0.0, "0.0 is out of range"),
+        ("max_scale_down_fraction", 0.0, "0.0 is out of range"),
+        ("window_s", 0, "0 is out of range"),
+        ("scale_down_delay_s", 100000, "100000 is out of range"),
+        ("seconds_per_request", -1.0, "-1.0 is out of range"),
+        ("target_utilization", "many", "A valid number is required"),
+        ("bogus", 1, "'bogus' is not a policy field"),
     ],
 )
 def test_create_rejects_policy_value(acme_client, fleet, field, value, expected):
@@ -58,7 +60,45 @@ def test_create_rejects_policy_value(acme_client, fleet, field, value, expected)
     response = acme_client.post(DEPLOYMENTS, body, format="json")
 
     assert response.status_code == 400
-    assert any(message.startswith(expected) for message in response.data["autoscaling"]), response.data
+    # One shape for range, type and unknown-key errors: nested under autoscaling, keyed by field.
+    assert list(response.data["autoscaling"]) == [field], response.data
+    assert response.data["autoscaling"][field][0].startswith(expected), response.data
+    assert not Deployment.objects.exists()
+
+
+def test_patch_unknown_policy_key_changes_nothing(acme_client, acme_chat):
+    acme_client.patch(detail_url(acme_chat), {"autoscaling": POLICY}, format="json")
+
+    response = acme_client.patch(
+        detail_url(acme_chat), {"autoscaling": {"window_s": 90, "bogus": 1, "target_utilization": 2.0}}, format="json"
+    )
+
+    assert response.status_code == 400
+    assert set(response.data["autoscaling"]) == {"bogus", "target_utilization"}, response.data
+    assert AutoscalingPolicy.objects.get(deployment=acme_chat).window_s == 30
+
+
+def test_patch_min_above_max_names_both_bounds(acme_client, acme_chat):
+    acme_client.patch(detail_url(acme_chat), {"max_replicas": 4, "autoscaling": POLICY}, format="json")
+
+    response = acme_client.patch(detail_url(acme_chat), {"min_replicas": 6, "max_replicas": 3}, format="json")
+
+    assert response.status_code == 400
+    assert set(response.data) == {"min_replicas", "max_replicas"}, response.data
+    assert response.data["min_replicas"] == ["6 is above max_replicas 3: min_replicas must not exceed max_replicas."]
+    assert response.data["max_replicas"] == ["3 is below min_replicas 6: min_replicas must not exceed max_replicas."]
+    assert Deployment.objects.get(pk=acme_chat.pk).max_replicas == 4
+
+
+def test_scale_to_zero_needs_min_zero(acme_client, fleet):
+    body = new_deployment(min_replicas=1, autoscaling={**POLICY, "scale_to_zero": True})
+    body.pop("desired_replicas")
+
+    response = acme_client.post(DEPLOYMENTS, body, format="json")
+
+    assert response.status_code == 400
+    message = response.data["autoscaling"]["scale_to_zero"][0]
+    assert message.startswith("true needs min_replicas 0, but min_replicas is 1"), response.data
     assert not Deployment.objects.exists()
 
 

@@ -133,6 +133,19 @@ def test_max_replicas_caps_burst():
     assert run.step(0, window(500)) == 6
     assert run.last.limits == ["max_replicas"]
     assert run.last.measurements["raw_recommendation"] == 50
+    assert "needs 50, capped at max_replicas 6: scaled up from 2 to 6" in run.last.reason
+
+
+def test_reason_names_min_replicas_floor():
+    run = Run(Policy(scale_down_delay_s=0, max_scale_down_fraction=1.0), replicas=5, min_replicas=3)
+    run.step(0, window(12))
+    assert "needs 2, raised to min_replicas 3: scaled down from 5 to 3" in run.last.reason
+
+
+def test_reason_without_bound_names_only_the_need():
+    run = Run(Policy(), replicas=1)
+    run.step(0, window(25))
+    assert run.last.reason.endswith("needs 3: scaled up from 1 to 3")
 
 
 def test_min_replicas_floor_without_traffic():
@@ -207,11 +220,20 @@ def test_measurements_describe_window():
         by_origin={"Berlin": 9.0, "Paris": 3.0},
         samples=4,
     )
-    run = Run(Policy(), replicas=1)
-    run.step(0, traffic)
-    measurements = run.last.measurements
+    decision = decide(
+        Policy(),
+        current=1,
+        min_replicas=1,
+        max_replicas=50,
+        traffic=traffic,
+        state={},
+        now=0,
+        cluster_names={3: "aws-use1-a", 7: "gcp-euw4-a"},
+    )
+    measurements = decision.measurements
     assert measurements["requests_per_second"] == 12.0
-    assert measurements["by_cluster"] == {"3": 4.0, "7": 8.0}
+    assert measurements["by_cluster"] == {"aws-use1-a": 4.0, "gcp-euw4-a": 8.0}
+    assert (measurements["min_replicas"], measurements["max_replicas"]) == (1, 50)
     assert measurements["by_origin"] == {"Berlin": 9.0, "Paris": 3.0}
     assert measurements["window_s"] == 60
     assert measurements["samples"] == 4

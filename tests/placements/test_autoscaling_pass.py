@@ -72,7 +72,8 @@ def test_pass_scales_up_records_decision_and_plans(acme, exact_solver):
     decision = ScalingDecision.objects.get(deployment=deployment)
     assert (decision.direction, decision.from_replicas, decision.to_replicas) == ("up", 2, 5)
     assert decision.measurements["requests_per_second"] == pytest.approx(45.0)
-    assert decision.measurements["by_cluster"] == {str(fleet.clusters["aws-use1-a"].pk): pytest.approx(45.0)}
+    # Keyed by cluster name, as /traffic/ shows it.
+    assert decision.measurements["by_cluster"] == {"aws-use1-a": pytest.approx(45.0)}
     assert decision.measurements["by_origin"] == {"New York": pytest.approx(45.0)}
     assert decision.measurements["recommendation"] == 5
     deployment.refresh_from_db()

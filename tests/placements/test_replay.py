@@ -7,7 +7,11 @@ from django.core.management import CommandError, call_command
 
 from compliance.models import AuditEvent
 from placements import demo_loop
-from placements.management.commands.replay_traffic import find_deployment, temporary_policies
+from placements.management.commands.replay_traffic import (
+    find_deployment,
+    restoration_text,
+    temporary_policies,
+)
 from placements.models import AutoscalingPolicy, Deployment, PlanTrigger, ScalingDecision, ScalingDirection
 from placements.planning import run_plan
 from placements.replay import (
@@ -107,6 +111,26 @@ def test_report_totals_and_table():
     assert "97.5%" in report.format()
     assert report.as_dict()["totals"]["served_share"] == pytest.approx(0.975)
     assert DeploymentReport(3, "idle", "m", 1.0).served_share is None
+
+
+def test_report_totals_have_no_per_deployment_fields():
+    first = DeploymentReport(1, "acme/chat", "m-large", 1.0, 100.0, 90.0, 2.0, 3, 1, 4, 1)
+    report = ReplayReport([first], start_s=0, duration_s=3600, factor=60, start_delay_s=120)
+
+    answer = report.as_dict()
+
+    assert set(answer["deployments"][0]) >= {"deployment_id", "name", "model", "rate_scale", "min_ready_replicas"}
+    assert not set(answer["totals"]) & {"deployment_id", "name", "model", "rate_scale", "min_ready_replicas"}
+    assert answer["totals"]["offered_requests"] == 100.0
+
+
+def test_help_shows_start_and_duration_defaults(capsys):
+    with pytest.raises(SystemExit):
+        call_command("replay_traffic", "--help")
+
+    text = " ".join(capsys.readouterr().out.split())
+    assert "2d (default 0)" in text
+    assert "6h, 1d (default 1d)" in text
 
 
 def test_compressed_durations_keep_whole_seconds():
@@ -221,6 +245,10 @@ def test_temporary_policy_removed_and_replicas_restored(customers):  # noqa: F81
     assert chat.desired_replicas == 2
     assert AutoscalingPolicy.objects.get(deployment=kept).window_s == 30
     assert kept.desired_replicas == 5
+    text = restoration_text({chat.pk: 2, kept.pk: 3}, {chat.pk})
+    assert "acme/chat: the policy added for the run is removed; desired replicas restored to 2." in text
+    assert "globex/search: its policy's window_s and scale_down_delay_s are restored" in text
+    assert "Desired replicas are 5, not restored to 3: the autoscaler sets them" in text
     actions = list(AuditEvent.objects.filter(subject_id=str(chat.pk)).values_list("action", flat=True))
     assert "autoscaling.created" in actions
     assert "autoscaling.deleted" in actions

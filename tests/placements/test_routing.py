@@ -486,7 +486,7 @@ def test_resolve_country_from_mcm_regions(settings, tmp_path, fleet):
         ({"latitude": "10"}, "longitude", "missing"),
         ({"country": "DEU"}, "country", "'DEU' is not an ISO 3166-1 alpha-2"),
         ({"country": "ZZ"}, "country", "'ZZ' is unknown"),
-        ({"region": "aws/mars-1"}, "region", "'aws/mars-1' is unknown"),
+        ({"region": "aws/mars-1"}, "region", "No region 'aws/mars-1' exists"),
         ({"country": "DE", "region": "aws/eu-west-1"}, "location", "not country and region"),
     ],
 )

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from fleet.models import TelemetrySnapshot
+from fleet.models import Cluster, ClusterHealth, TelemetrySnapshot
 from placements import routing
+from placements.models import Deployment
 from tests.placements.execution_factories import apply_plan
 
 pytestmark = pytest.mark.django_db
@@ -98,7 +99,9 @@ def test_route_when_redis_is_down(settings, acme_client, chat_running):
         ({"latitude": "95", "longitude": "10"}, "latitude", "'95' is out of range"),
         ({"latitude": "10", "longitude": "east"}, "longitude", "'east' is not a number"),
         ({"country": "XQ"}, "country", "'XQ' is unknown"),
-        ({"region": "aws/atlantis-1"}, "region", "'aws/atlantis-1' is unknown"),
+        ({"region": "aws/atlantis-1"}, "region", "No region 'aws/atlantis-1' exists"),
+        ({"region": "nowhere/x"}, "region", "No region 'nowhere/x' exists: name one as provider/code, such as "),
+        ({"region": "aws/us-east-2"}, "region", "No region 'aws/us-east-2' exists. Did you mean aws/us-east-1"),
         ({"latitude": "1", "longitude": "2", "country": "DE"}, "location", "not coordinates and country"),
     ],
 )
@@ -108,6 +111,44 @@ def test_route_rejects_bad_location(acme_client, chat_running, params, field, te
     assert response.status_code == 400
     assert list(response.json()) == [field]
     assert text in response.json()[field][0]
+
+
+def test_route_answer_has_no_note_when_routes_exist(acme_client, chat_running):
+    response = acme_client.get(url(chat_running), {"latitude": "40.7", "longitude": "-74"})
+
+    assert response.json()["routes"]
+    assert response.json()["note"] is None
+
+
+def test_route_note_when_scaled_to_zero(acme_client, acme_chat):
+    Deployment.objects.filter(pk=acme_chat.pk).update(min_replicas=0, desired_replicas=0)
+    routing.refresh_routes([acme_chat.pk], reason="test")
+
+    response = acme_client.get(url(acme_chat), {"latitude": "40.7", "longitude": "-74"})
+
+    assert response.status_code == 200, response.content
+    assert response.json()["routes"] == []
+    assert response.json()["note"].startswith("No route: the deployment is scaled to zero.")
+    assert "cold_start" in response.json()["note"]
+
+
+def test_route_note_when_every_serving_cluster_is_down(acme_client, chat_running):
+    Cluster.objects.filter(name__in=["aws-use1-a", "aws-euw1-a"]).update(health=ClusterHealth.DOWN)
+    routing.refresh_routes([chat_running.pk], reason="test")
+
+    response = acme_client.get(url(chat_running), {"latitude": "40.7", "longitude": "-74"})
+
+    assert response.json()["routes"] == []
+    assert response.json()["note"].startswith("No route: every cluster that serves the deployment is down")
+
+
+def test_route_note_before_any_replica_is_ready(acme_client, acme_chat):
+    routing.refresh_routes([acme_chat.pk], reason="test")
+
+    response = acme_client.get(url(acme_chat), {"latitude": "40.7", "longitude": "-74"})
+
+    assert response.json()["routes"] == []
+    assert response.json()["note"] == "No route: no replica of the deployment is placed and ready yet."
 
 
 def test_route_of_other_customer_is_404(globex_client, chat_running):

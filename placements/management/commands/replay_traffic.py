@@ -52,8 +52,12 @@ class Command(BaseCommand):
             f"autoscaling policy, else {DEFAULT_DEPLOYMENTS} placed deployments picked with --seed. A deployment "
             "without a policy gets one with the default values for the run; it is removed afterwards.",
         )
-        parser.add_argument("--start", default="0", help="Trace offset to start at: seconds, or e.g. 30m, 6h, 2d.")
-        parser.add_argument("--duration", default="1d", help="Trace time to replay: seconds, or e.g. 6h, 1d.")
+        parser.add_argument(
+            "--start", default="0", help="Trace offset to start at: seconds, or e.g. 30m, 6h, 2d (default %(default)s)."
+        )
+        parser.add_argument(
+            "--duration", default="1d", help="Trace time to replay: seconds, or e.g. 6h, 1d (default %(default)s)."
+        )
         parser.add_argument(
             "--factor",
             type=float,
@@ -73,14 +77,21 @@ class Command(BaseCommand):
             help="Seconds of trace time a new replica takes to become ready (default 120, a GPU model server's cold "
             "start); the emulated clusters get it divided by --factor.",
         )
-        parser.add_argument("--tick-s", type=float, default=1.0, help="Wall seconds between ticks of the loop.")
-        parser.add_argument("--seed", type=int, default=7, help="Seed for the default deployments and demo seeding.")
+        parser.add_argument(
+            "--tick-s", type=float, default=1.0, help="Wall seconds between ticks of the loop (default %(default)g)."
+        )
+        parser.add_argument(
+            "--seed",
+            type=int,
+            default=7,
+            help="Seed for the default deployments and demo seeding (default %(default)s).",
+        )
         parser.add_argument("--json", type=Path, metavar="FILE", help="Also write the report to this JSON file.")
         parser.add_argument(
             "--converge-timeout",
             type=float,
             default=600.0,
-            help="Seconds to wait for the clusters to run the applied plan before the replay.",
+            help="Seconds to wait for the clusters to run the applied plan before the replay (default %(default)g).",
         )
 
     def handle(self, *args, **options):
@@ -94,8 +105,10 @@ class Command(BaseCommand):
             call_command("mcm_demo", stdout=self.stdout, headless=True, no_clusters=True, seed=options["seed"])
         deployments = self.pick_deployments(options["deployments"], options["seed"])
         models, traces = values["models"], values["traces"]
+        desired_before = {deployment.pk: deployment.desired_replicas for deployment in deployments}
 
         with temporary_policies(deployments) as added:
+            added_ids = {deployment.pk for deployment in added}
             if added:
                 names = ", ".join(str(deployment) for deployment in added)
                 self.stdout.write(f"Autoscaling policies with default values added for the run: {names}")
@@ -111,6 +124,8 @@ class Command(BaseCommand):
                 raise CommandError(str(error)) from error
             report = self.replay(targets, values, options)
 
+        self.stdout.write("")
+        self.stdout.write(restoration_text(desired_before, added_ids))
         self.stdout.write("")
         self.stdout.write(report.format())
         if options["json"]:
@@ -260,6 +275,28 @@ def find_deployment(spec: str) -> Deployment:
     if len(found) > 1:
         raise CommandError(f"--deployments {spec} is invalid: several customers have it; use customer/name or the id")
     return found[0]
+
+
+def restoration_text(desired_before: dict[int, int], added_ids: set[int]) -> str:
+    """Say per deployment what the run left behind: what was restored and what was not."""
+    lines = ["After the run:"]
+    deployments = Deployment.objects.filter(pk__in=desired_before).select_related("customer", "autoscaling")
+    for deployment in deployments.order_by("pk"):
+        before = desired_before[deployment.pk]
+        if deployment.pk in added_ids:
+            lines.append(
+                f"  {deployment}: the policy added for the run is removed; desired replicas restored to {before}."
+            )
+            continue
+        text = f"  {deployment}: its policy's window_s and scale_down_delay_s are restored"
+        if deployment.desired_replicas == before:
+            lines.append(f"{text}; desired replicas {before}, as before the run.")
+        else:
+            lines.append(
+                f"{text}. Desired replicas are {deployment.desired_replicas}, not restored to {before}: the "
+                "autoscaler sets them while its policy is enabled, and it keeps the run's decisions."
+            )
+    return "\n".join(lines)
 
 
 @contextmanager
