@@ -13,16 +13,25 @@ from placements.models import AutoscalingPolicy, ScalingDecision
 ERROR_PREFIX = error_key("")
 
 
+class NumberField(serializers.FloatField):
+    """A float field that rejects JSON true and false, which Python would take as 1.0 and 0.0."""
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool):
+            raise serializers.ValidationError(f"{str(data).lower()} is not a number: send a number such as 0.7.")
+        return super().to_internal_value(data)
+
+
 class AutoscalingPolicySerializer(serializers.Serializer):
     """A deployment's autoscaling policy; on write, fields left out keep their stored or default values."""
 
     enabled = serializers.BooleanField(
         required=False, help_text="While true the autoscaler sets desired_replicas; default true."
     )
-    target_concurrency = serializers.FloatField(
+    target_concurrency = NumberField(
         required=False, help_text="In-flight requests one replica serves at full load; default 8."
     )
-    target_utilization = serializers.FloatField(
+    target_utilization = NumberField(
         required=False, help_text="Share of target_concurrency aimed at, in (0, 1]; default 0.7."
     )
     window_s = serializers.IntegerField(
@@ -32,7 +41,7 @@ class AutoscalingPolicySerializer(serializers.Serializer):
         required=False,
         help_text="Seconds a lower need must last before replicas are removed, 0 to 86400; default 300.",
     )
-    max_scale_down_fraction = serializers.FloatField(
+    max_scale_down_fraction = NumberField(
         required=False,
         help_text="Largest share of replicas removed per minute, in (0, 1], at least one replica; default 0.5.",
     )
@@ -40,7 +49,7 @@ class AutoscalingPolicySerializer(serializers.Serializer):
         required=False,
         help_text="Remove every replica after scale_down_delay_s without traffic; needs min_replicas 0.",
     )
-    seconds_per_request = serializers.FloatField(
+    seconds_per_request = NumberField(
         required=False,
         help_text="Mean request duration, to derive concurrency when in-flight requests are not reported; default 1.",
     )

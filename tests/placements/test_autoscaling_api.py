@@ -50,6 +50,8 @@ def test_get_without_policy_shows_null(acme_client, acme_chat):
         ("scale_down_delay_s", 100000, "100000 is out of range"),
         ("seconds_per_request", -1.0, "-1.0 is out of range"),
         ("target_utilization", "many", "A valid number is required"),
+        ("target_concurrency", True, "true is not a number"),
+        ("target_utilization", False, "false is not a number"),
         ("bogus", 1, "'bogus' is not a policy field"),
     ],
 )
