@@ -50,12 +50,49 @@ class PlacementLock(models.Model):
         return f"lock on {subject}"
 
 
+class AuditTrailImmutableError(Exception):
+    """Raised on any attempt to change or delete a recorded audit event."""
+
+
+IMMUTABLE_MESSAGE = "Audit events are append-only: {operation} is not allowed. Record a new event instead."
+
+
+class AuditEventQuerySet(models.QuerySet):
+    """Queries over the trail; bulk updates and deletes raise ``AuditTrailImmutableError``."""
+
+    def visible_to(self, user) -> "AuditEventQuerySet":
+        """Limit to what ``user`` may read: staff read the whole trail, everyone else reads nothing."""
+        # TODO: give an auditor role read access without staff status once staff roles exist.
+        if not (user.is_authenticated and user.is_staff):
+            return self.none()
+        return self
+
+    def update(self, **kwargs):
+        raise AuditTrailImmutableError(IMMUTABLE_MESSAGE.format(operation="QuerySet.update()"))
+
+    def bulk_update(self, objs, fields, batch_size=None):
+        raise AuditTrailImmutableError(IMMUTABLE_MESSAGE.format(operation="QuerySet.bulk_update()"))
+
+    def delete(self):
+        raise AuditTrailImmutableError(IMMUTABLE_MESSAGE.format(operation="QuerySet.delete()"))
+
+    delete.alters_data = True  # type: ignore[attr-defined]
+    delete.queryset_only = True  # type: ignore[attr-defined]
+
+
 class AuditEvent(models.Model):
-    """One decision or change, written by the service that made it, in the same transaction."""
+    """One decision or change, written by the service that made it, in the same transaction.
+
+    Rows are append-only. The model raises ``AuditTrailImmutableError`` on a save of an existing
+    row, a delete, and a queryset update or delete. On PostgreSQL a trigger also rejects ``UPDATE``
+    and ``DELETE`` statements on the table, so raw SQL cannot rewrite the trail either.
+    Subjects are stored as a type and an id, not as foreign keys, so the trail outlives its subjects.
+    """
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # PROTECT: deleting a user would have to rewrite their events, so users who acted are deactivated instead.
     actor = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     actor_label = models.CharField(max_length=128, help_text="User name or system component, kept if the user goes.")
     action = models.CharField(max_length=64, help_text="What happened, for example 'plan.applied'.")
@@ -65,11 +102,27 @@ class AuditEvent(models.Model):
     before = models.JSONField(null=True, blank=True)
     after = models.JSONField(null=True, blank=True)
 
+    objects = AuditEventQuerySet.as_manager()
+
     class Meta:
         ordering = ["-created_at", "-id"]
+        # Related-object lookups and deletion collection use the base manager, so it is the guarded one too.
+        base_manager_name = "objects"
         # Staff read the trail of one object, newest first.
         indexes = [models.Index(fields=["subject_type", "subject_id", "-created_at"], name="audit_subject_idx")]
 
     def __str__(self) -> str:
         subject = f"{self.subject_type}:{self.subject_id}"
         return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} {subject}"
+
+    def save(self, *args, **kwargs):
+        if not self._state.adding:
+            raise AuditTrailImmutableError(IMMUTABLE_MESSAGE.format(operation=f"saving audit event {self.pk} again"))
+        super().save(*args, **kwargs)
+
+    save.alters_data = True  # type: ignore[attr-defined]
+
+    def delete(self, *args, **kwargs):
+        raise AuditTrailImmutableError(IMMUTABLE_MESSAGE.format(operation=f"deleting audit event {self.pk}"))
+
+    delete.alters_data = True  # type: ignore[attr-defined]

@@ -3,6 +3,7 @@
 from django.urls import path
 from rest_framework.routers import DefaultRouter
 
+from compliance.api import AuditEventViewSet
 from fleet.api import (
     AlertViewSet,
     ClusterCapacityViewSet,
@@ -28,6 +29,7 @@ router.register("plans", PlacementPlanViewSet, basename="plan")
 router.register("failover-requests", FailoverRequestViewSet, basename="failover-request")
 router.register("outages", OutageViewSet, basename="outage")
 router.register("alerts", AlertViewSet, basename="alert")
+router.register("audit-events", AuditEventViewSet, basename="audit-event")
 
 # Agents post to "events" without a trailing slash; both forms reach the view, and only one is in the schema.
 urlpatterns = router.urls + [

@@ -48,6 +48,61 @@ ALLOWED_HOSTS = [
     host.strip() for host in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost").split(",") if host.strip()
 ]
 
+
+def env_seconds(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ImproperlyConfigured(f"{name}={raw!r} is invalid: use a whole number of seconds, 0 or more")
+    return value
+
+
+# HTTPS and cookies (docs/production.md). MCM_HTTPS states that clients reach MCM over HTTPS, directly
+# or through a TLS proxy, and sets the defaults of the secure cookies, the HTTPS redirect and HSTS.
+# It is off by default with DEBUG=1 or MCM_EMBEDDED=1, because the demo serves plain HTTP on 127.0.0.1.
+MCM_HTTPS = env_flag("MCM_HTTPS", default=not DEBUG and not MCM_EMBEDDED)
+SESSION_COOKIE_SECURE = env_flag("SESSION_COOKIE_SECURE", default=MCM_HTTPS)
+CSRF_COOKIE_SECURE = env_flag("CSRF_COOKIE_SECURE", default=MCM_HTTPS)
+# The test suite turns the redirect off (tests/conftest.py), because Django's test client and the
+# live test server speak plain HTTP.
+SECURE_SSL_REDIRECT = env_flag("SECURE_SSL_REDIRECT", default=MCM_HTTPS)
+SECURE_HSTS_SECONDS = env_seconds("SECURE_HSTS_SECONDS", 31536000 if MCM_HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_flag("SECURE_HSTS_INCLUDE_SUBDOMAINS", default=MCM_HTTPS)
+SECURE_HSTS_PRELOAD = env_flag("SECURE_HSTS_PRELOAD", default=MCM_HTTPS)
+# Opt-in: trust a header that says the original request was HTTPS. Set it only behind a proxy that
+# always sets (or strips) that header, or any client could claim HTTPS.
+_proxy_header = os.environ.get("SECURE_PROXY_SSL_HEADER", "").strip()
+if _proxy_header:
+    if not all(part.isalnum() for part in _proxy_header.split("-")):
+        raise ImproperlyConfigured(
+            f"SECURE_PROXY_SSL_HEADER={_proxy_header!r} is invalid: use a header name such as X-Forwarded-Proto"
+        )
+    SECURE_PROXY_SSL_HEADER = ("HTTP_" + _proxy_header.upper().replace("-", "_"), "https")
+CSRF_TRUSTED_ORIGINS = [
+    origin.strip() for origin in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if origin.strip()
+]
+for _origin in CSRF_TRUSTED_ORIGINS:
+    if not _origin.startswith(("https://", "http://")) or _origin.rstrip("/").count("/") != 2:
+        raise ImproperlyConfigured(
+            f"CSRF_TRUSTED_ORIGINS contains {_origin!r}, which is invalid: use scheme and host, "
+            "for example https://mcm.example.com"
+        )
+# Eight hours: an admin session lasts a working day, not Django's default two weeks.
+SESSION_COOKIE_AGE = env_seconds("SESSION_COOKIE_AGE", 8 * 3600)
+if SESSION_COOKIE_AGE == 0:
+    raise ImproperlyConfigured(
+        f"SESSION_COOKIE_AGE={os.environ['SESSION_COOKIE_AGE']!r} is invalid: use a whole number of seconds, 1 or more"
+    )
+SESSION_EXPIRE_AT_BROWSER_CLOSE = env_flag("SESSION_EXPIRE_AT_BROWSER_CLOSE", default=False)
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",

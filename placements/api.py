@@ -31,6 +31,7 @@ from placements.api_autoscaling import (
     nest_policy_errors,
 )
 from placements.autoscaling_policy import cold_start_note
+from placements.explain import DeploymentExplainSerializer, explain_for_customer
 from placements.models import (
     Assignment,
     Customer,
@@ -599,6 +600,12 @@ class DeploymentViewSet(ModelViewSet):
     def explanation(self, request, pk=None):
         """Return why the current applied plan chose each cluster for this deployment, and why not the others."""
         return Response(deployment_explanation(self.get_object()))
+
+    @extend_schema(responses=DeploymentExplainSerializer)
+    @action(detail=True, methods=["get"], filter_backends=[], pagination_class=None)
+    def explain(self, request, pk=None):
+        """Explain in sentences why each replica runs where it does and why the other clusters are not used."""
+        return Response(DeploymentExplainSerializer(explain_for_customer(self.get_object())).data)
 
 
 def plan_total(model, aggregate: Aggregate) -> Coalesce:

@@ -10,12 +10,24 @@ from types import SimpleNamespace
 
 import pytest
 from django.contrib.auth.models import Permission
+from django.test import override_settings
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from fleet.models import Cluster, ClusterCapacity, ClusterState, GpuSku, LocationSource, Provider, Region
 from placements.models import Assignment, Customer, DeploymentOutcome, PlacementPlan, PlanStatus, PlanTrigger, Tier
 from placements.services import create_deployment
+
+
+@pytest.fixture(autouse=True, scope="session")
+def plain_http():
+    """Serve plain HTTP: Django's test client and the live test server do not speak HTTPS.
+
+    Session-scoped and autouse, so it applies before the live server builds its middleware.
+    """
+    with override_settings(SECURE_SSL_REDIRECT=False):
+        yield
+
 
 # Personas.
 
