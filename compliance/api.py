@@ -12,6 +12,7 @@ from rest_framework.settings import api_settings
 
 from compliance.audit_export import CSV_COLUMNS, csv_response
 from compliance.models import AuditEvent
+from compliance.roles import CanViewAuditTrail
 from mcm_site.api import ReadOnlyViewSet
 
 
@@ -89,7 +90,8 @@ class CSVOnlyNegotiation(BaseContentNegotiation):
 
 
 class AuditEventViewSet(ReadOnlyViewSet):
-    """The audit trail, newest first. Staff only: other users get 403. Nobody can change it through the API.
+    """The audit trail, newest first, for staff with ``compliance.view_auditevent``: the auditor, compliance
+    and ops roles, and superusers. Other users get 403. Nobody can change it through the API.
 
     ``?format=csv`` on the list, or ``export.csv`` with the same filters, streams every matching event as CSV.
     """
@@ -97,7 +99,7 @@ class AuditEventViewSet(ReadOnlyViewSet):
     queryset = AuditEvent.objects.all()
     serializer_class = AuditEventSerializer
     filterset_class = AuditEventFilter
-    permission_classes = [IsAdminUser]
+    permission_classes = [IsAdminUser, CanViewAuditTrail]
     renderer_classes = [*api_settings.DEFAULT_RENDERER_CLASSES, AuditEventCSVRenderer]
     ordering_fields = ["created_at", "action", "subject_type", "actor_label"]
 

@@ -8,11 +8,35 @@ from fleet.models import Provider, Region
 from placements.models import Customer, Deployment
 
 
-class PlacementLock(models.Model):
-    """A rule on where a customer's or one deployment's replicas may run, with its reason.
+class LockLevel(models.TextChoices):
+    """Lock level, from the widest to the narrowest. A lower level can only narrow a higher one."""
 
-    Every non-empty part restricts: a cluster is allowed only when it passes all of them. A lock on
-    a customer applies to each of its deployments, together with the deployment's own lock.
+    PLATFORM = "platform", "platform"
+    CUSTOMER = "customer", "customer"
+    DEPLOYMENT = "deployment", "deployment"
+
+
+LEVEL_ORDER = (LockLevel.PLATFORM, LockLevel.CUSTOMER, LockLevel.DEPLOYMENT)
+
+
+class PlacementLockQuerySet(models.QuerySet):
+    def visible_to(self, user) -> "PlacementLockQuerySet":
+        """Limit to what ``user`` may read: staff read every lock, customers the locks of their customers."""
+        if not user.is_authenticated:
+            return self.none()
+        if user.is_staff:
+            return self
+        return self.filter(Q(customer__members=user) | Q(deployment__customer__members=user)).distinct()
+
+
+class PlacementLock(models.Model):
+    """A rule on where replicas may run, with its reason: for the whole platform, a customer or one deployment.
+
+    Every non-empty part restricts: a cluster is allowed only when it passes all of them. A lock
+    without a subject applies to every deployment, a lock on a customer to each of its deployments,
+    and a deployment's own lock to that deployment; the effective lock is their intersection
+    (``compliance.lock_services.effective_lock``). Changes go through ``compliance.lock_services``,
+    which rejects a lower lock that would allow what a higher one forbids.
     """
 
     customer = models.ForeignKey(Customer, on_delete=models.CASCADE, null=True, blank=True, related_name="locks")
@@ -33,10 +57,9 @@ class PlacementLock(models.Model):
     class Meta:
         constraints = [
             models.CheckConstraint(
-                condition=(Q(customer__isnull=False) & Q(deployment__isnull=True))
-                | (Q(customer__isnull=True) & Q(deployment__isnull=False)),
-                name="lock_one_subject",
-                violation_error_message="A lock applies to exactly one customer or one deployment.",
+                condition=Q(customer__isnull=True) | Q(deployment__isnull=True),
+                name="lock_at_most_one_subject",
+                violation_error_message="A lock applies to the platform, one customer or one deployment, not both.",
             ),
             models.CheckConstraint(
                 condition=~Q(reason=""),
@@ -45,9 +68,60 @@ class PlacementLock(models.Model):
             ),
         ]
 
+    objects = PlacementLockQuerySet.as_manager()
+
     def __str__(self) -> str:
-        subject = self.deployment if self.deployment_id else self.customer
-        return f"lock on {subject}"
+        return f"lock {self.pk} on {self.subject_label}"
+
+    @property
+    def level(self) -> str:
+        if self.deployment_id:
+            return LockLevel.DEPLOYMENT
+        if self.customer_id:
+            return LockLevel.CUSTOMER
+        return LockLevel.PLATFORM
+
+    @property
+    def subject_label(self) -> str:
+        """The lock's subject in words: "the platform", "customer acme" or "deployment acme/chat"."""
+        if self.deployment_id:
+            return f"deployment {self.deployment}"
+        if self.customer_id:
+            return f"customer {self.customer}"
+        return "the platform"
+
+
+class LockChange(models.Model):
+    """One change of a placement lock: who made it, why, and the lock before and after.
+
+    Written by ``compliance.lock_services`` in the transaction of the change, next to the audit event.
+    ``lock`` becomes null when the lock is deleted; ``lock_pk`` keeps its id.
+    """
+
+    lock = models.ForeignKey(PlacementLock, on_delete=models.SET_NULL, null=True, blank=True, related_name="changes")
+    lock_pk = models.PositiveIntegerField(help_text="Id of the lock, kept after the lock is deleted.")
+    action = models.CharField(max_length=16, help_text="created, updated or deleted.")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    actor_label = models.CharField(max_length=128)
+    reason = models.TextField()
+    before = models.JSONField(null=True, blank=True)
+    after = models.JSONField(null=True, blank=True)
+    changed_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-changed_at", "-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=~Q(reason=""),
+                name="lock_change_reason_required",
+                violation_error_message="A lock change needs a reason.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.changed_at:%Y-%m-%d %H:%M:%S} {self.actor_label} {self.action} lock {self.lock_pk}"
 
 
 class AuditTrailImmutableError(Exception):

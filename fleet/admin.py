@@ -1,7 +1,8 @@
 """Admin for the pool's inventory (where the GPUs are, how many are free, at what price), outages and alerts.
 
 Cluster state changes and outages go through ``fleet.operations``: each admin action requests a
-reason on a confirmation page, so every change is audited and re-planned like the API's.
+reason on a confirmation page, so every change is audited and re-planned like the API's. The actions
+need the same permissions as the API's (the ops role, see ``compliance.roles``).
 """
 
 from django import forms
@@ -14,6 +15,7 @@ from django.template.response import TemplateResponse
 from django.utils import timezone
 from django.utils.html import format_html_join
 
+from compliance.roles import OUTAGE_CLEAR
 from fleet import operations
 from fleet.availability import AvailabilityReader
 from fleet.models import (
@@ -214,7 +216,7 @@ class ClusterAdmin(admin.ModelAdmin):
         fields = [*super().get_readonly_fields(request, obj), *self.health_fields]
         return [*fields, "state"] if obj is not None else fields
 
-    @admin.action(description="Cordon: place no new replicas on the selected clusters")
+    @admin.action(description="Cordon: place no new replicas on the selected clusters", permissions=["change"])
     def cordon_clusters(self, request, queryset):
         return confirm_with_reason(
             self,
@@ -226,7 +228,7 @@ class ClusterAdmin(admin.ModelAdmin):
             done="Cordoned",
         )
 
-    @admin.action(description="Uncordon: make the selected clusters active again")
+    @admin.action(description="Uncordon: make the selected clusters active again", permissions=["change"])
     def uncordon_clusters(self, request, queryset):
         return confirm_with_reason(
             self,
@@ -238,7 +240,7 @@ class ClusterAdmin(admin.ModelAdmin):
             done="Uncordoned",
         )
 
-    @admin.action(description="Drain: move every replica off the selected clusters")
+    @admin.action(description="Drain: move every replica off the selected clusters", permissions=["change"])
     def drain_clusters(self, request, queryset):
         return confirm_with_reason(
             self,
@@ -435,7 +437,10 @@ class OutageAdmin(admin.ModelAdmin):
         obj.declared_by = outage.declared_by
         obj.source = outage.source
 
-    @admin.action(description="Clear the selected outages")
+    def has_clear_permission(self, request) -> bool:
+        return request.user.has_perm(OUTAGE_CLEAR)
+
+    @admin.action(description="Clear the selected outages", permissions=["clear"])
     def clear_outages(self, request, queryset):
         return confirm_with_reason(
             self,

@@ -1,8 +1,8 @@
 """API over the pool's inventory (providers, regions, GPU SKUs, clusters, capacity), outages and alerts.
 
-The inventory is read-only to everyone signed in. Staff cordon, uncordon and drain clusters, and
-declare and clear outages, through ``fleet.operations``, so every change is audited and
-re-planned. Outages and alerts are staff-only.
+The inventory is read-only to everyone signed in. Staff with the ops role (``compliance.roles``)
+cordon, uncordon and drain clusters, and declare and clear outages, through ``fleet.operations``,
+so every change is audited and re-planned. Outages and alerts are staff-only.
 """
 
 import django_filters
@@ -13,6 +13,7 @@ from rest_framework.decorators import action
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 
+from compliance.roles import CanClearOutages, CanDeclareOutages, CanOperateClusters
 from fleet import operations
 from fleet.availability import AvailabilityReader
 from fleet.models import (
@@ -421,21 +422,21 @@ class ClusterViewSet(ReadOnlyViewSet):
     ordering_fields = ["name", "state", "health", "created_at"]
 
     @extend_schema(request=ReasonSerializer, responses=ClusterSerializer)
-    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser], filter_backends=[])
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser, CanOperateClusters], filter_backends=[])
     def cordon(self, request, pk=None):
-        """Stop placing new replicas on the cluster; its running replicas stay. Staff only."""
+        """Stop placing new replicas on the cluster; its running replicas stay. Needs the ops role."""
         return self.change_state(request, operations.cordon)
 
     @extend_schema(request=ReasonSerializer, responses=ClusterSerializer)
-    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser], filter_backends=[])
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser, CanOperateClusters], filter_backends=[])
     def uncordon(self, request, pk=None):
-        """Make a cordoned, draining or down cluster active again. Staff only."""
+        """Make a cordoned, draining or down cluster active again. Needs the ops role."""
         return self.change_state(request, operations.uncordon)
 
     @extend_schema(request=ReasonSerializer, responses=ClusterSerializer)
-    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser], filter_backends=[])
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser, CanOperateClusters], filter_backends=[])
     def drain(self, request, pk=None):
-        """Move every replica off the cluster, make-before-break, through the next plan. Staff only."""
+        """Move every replica off the cluster, make-before-break, through the next plan. Needs the ops role."""
         return self.change_state(request, operations.drain)
 
     def change_state(self, request, operation):
@@ -470,16 +471,21 @@ class OutageViewSet(
     mixins.CreateModelMixin,
     viewsets.GenericViewSet,
 ):
-    """Declared and detected outages. Staff declare one with POST and clear it with ``clear``."""
+    """Declared and detected outages, read by staff. The ops role declares one with POST, clears it with ``clear``."""
 
     queryset = Outage.objects.select_related("cluster", "region__provider", "provider")
     serializer_class = OutageSerializer
     filterset_class = OutageFilter
     ordering_fields = ["started_at", "cleared_at", "scope"]
 
+    def get_permissions(self):
+        # Reading needs staff status; declaring and clearing need the ops role.
+        extra = {"create": [CanDeclareOutages()], "clear": [CanClearOutages()]}.get(self.action, [])
+        return [*super().get_permissions(), *extra]
+
     @extend_schema(request=OutageDeclareSerializer, responses={201: OutageSerializer})
     def create(self, request, *args, **kwargs):
-        """Declare an outage: every cluster it covers counts as lost until it is cleared."""
+        """Declare an outage: every cluster it covers counts as lost until it is cleared. Needs the ops role."""
         serializer = OutageDeclareSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
@@ -495,7 +501,7 @@ class OutageViewSet(
     @extend_schema(request=ReasonSerializer, responses=OutageSerializer)
     @action(detail=True, methods=["post"], filter_backends=[])
     def clear(self, request, pk=None):
-        """Clear an open outage; its clusters return to placement after the failback period."""
+        """Clear an open outage; its clusters return to placement after the failback period. Needs the ops role."""
         outage = self.get_object()
         reason = ReasonSerializer.read(request)
         outage = run_operation(operations.clear_outage, outage, actor=request.user, reason=reason)

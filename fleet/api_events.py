@@ -7,6 +7,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from compliance.roles import AuditorsReadOnly
 from fleet.events import ACCEPTED, DUPLICATE, REJECTED, ingest_events
 from fleet.models import EventKind
 
@@ -83,7 +84,7 @@ class IngestResponseSerializer(serializers.Serializer):
 class EventIngestView(APIView):
     """Store a batch of events; reply 200 with a status per event, even when some are rejected."""
 
-    permission_classes = [CanPushEvents]
+    permission_classes = [CanPushEvents, AuditorsReadOnly]
     parser_classes = [JSONParser]
 
     @extend_schema(

@@ -15,6 +15,8 @@ from rest_framework import status, viewsets
 from rest_framework.response import Response
 from rest_framework.serializers import as_serializer_error
 
+from compliance.roles import AuditorsReadOnly
+
 logger = logging.getLogger(__name__)
 
 
@@ -24,6 +26,10 @@ class ScopedViewSetMixin:
     def get_queryset(self):
         queryset = super().get_queryset()  # type: ignore[misc]
         return queryset.visible_to(self.request.user)  # type: ignore[attr-defined]
+
+    def get_permissions(self):
+        # Auditors are staff, so endpoints that admit any staff member for a write must also reject them.
+        return [*super().get_permissions(), AuditorsReadOnly()]  # type: ignore[misc]
 
     def handle_exception(self, exc):
         if isinstance(exc, DjangoValidationError):

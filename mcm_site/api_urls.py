@@ -4,6 +4,7 @@ from django.urls import path
 from rest_framework.routers import DefaultRouter
 
 from compliance.api import AuditEventViewSet
+from compliance.api_locks import PlacementLockViewSet
 from fleet.api import (
     AlertViewSet,
     ClusterCapacityViewSet,
@@ -16,6 +17,7 @@ from fleet.api import (
 from fleet.api_events import EventIngestView
 from placements.api import DeploymentViewSet, FailoverRequestViewSet, PlacementPlanViewSet
 from placements.api_routing import DeploymentRouteView, PingView
+from placements.api_tokens import ApiTokenViewSet
 from placements.api_traffic import DeploymentTrafficView
 
 router = DefaultRouter()
@@ -30,6 +32,8 @@ router.register("failover-requests", FailoverRequestViewSet, basename="failover-
 router.register("outages", OutageViewSet, basename="outage")
 router.register("alerts", AlertViewSet, basename="alert")
 router.register("audit-events", AuditEventViewSet, basename="audit-event")
+router.register("locks", PlacementLockViewSet, basename="lock")
+router.register("tokens", ApiTokenViewSet, basename="api-token")
 
 # Agents post to "events" without a trailing slash; both forms reach the view, and only one is in the schema.
 urlpatterns = router.urls + [

@@ -202,11 +202,46 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_TIMEZONE = TIME_ZONE
 
+
+def env_rate(name: str, default: str) -> str:
+    """A request rate such as ``600/min`` (per second, minute, hour or day); ``0`` turns the limit off."""
+    raw = os.environ.get(name, "").strip() or default
+    if raw == "0":
+        return ""
+    count, _, period = raw.partition("/")
+    if not count.isdigit() or int(count) < 1 or period[:1] not in ("s", "m", "h", "d"):
+        raise ImproperlyConfigured(f"{name}={raw!r} is invalid: use requests per period, for example 600/min, or 0")
+    return raw
+
+
+# API rate limits per user, shared by all of the user's tokens and sessions (placements.tokens.ApiRateThrottle).
+# Customers get MCM_API_RATE_USER; staff and agent accounts, which push events for whole fleets, MCM_API_RATE_STAFF.
+MCM_API_RATE_USER = env_rate("MCM_API_RATE_USER", "600/min")
+MCM_API_RATE_STAFF = env_rate("MCM_API_RATE_STAFF", "6000/min")
+# The request counts live in Redis so that every web process shares them; the embedded mode has no Redis.
+MCM_API_THROTTLE_CACHE = "throttle"
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": (
+        {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "throttle"}
+        if MCM_EMBEDDED
+        else {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": os.environ.get("MCM_API_THROTTLE_REDIS_URL", CELERY_BROKER_URL),
+            "KEY_PREFIX": "mcm",
+        }
+    ),
+}
+
 REST_FRAMEWORK = {
+    # MCM API tokens first: its Bearer challenge makes unauthenticated requests 401, and it passes
+    # "Token <key>" values that are not MCM tokens on to DRF's own token authentication.
     "DEFAULT_AUTHENTICATION_CLASSES": [
+        "placements.tokens.ApiTokenAuthentication",
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
+    "DEFAULT_THROTTLE_CLASSES": ["placements.tokens.ApiRateThrottle"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",

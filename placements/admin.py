@@ -11,7 +11,7 @@ from functools import partial
 
 from django import forms
 from django.contrib import admin, messages
-from django.core.exceptions import ValidationError
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import Case, Count, F, IntegerField, OuterRef, Subquery, Sum, Value, When
 from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
@@ -19,6 +19,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
+from compliance.roles import FAILOVER_DECIDE, REPLAN
 from fleet import operations
 from fleet.admin import confirm_with_reason
 from fleet.models import Cluster, Provider, Region
@@ -496,6 +497,12 @@ def unmet_rows(preview: dict) -> list[tuple[str, int | None, int]]:
     return [(tier, before.get(tier), unmet) for tier, unmet in after.items()]
 
 
+def require_permission(request, permission: str) -> None:
+    """Raise ``PermissionDenied`` (403) unless the user has ``permission``; admin views check only staff status."""
+    if not request.user.has_perm(permission):
+        raise PermissionDenied(f"This page needs the permission {permission} (the ops role).")
+
+
 @admin.register(PlacementPlan)
 class PlacementPlanAdmin(ReadOnlyAdmin):
     list_display = [
@@ -550,6 +557,7 @@ class PlacementPlanAdmin(ReadOnlyAdmin):
 
     def preview_view(self, request):
         """Run a dry-run re-plan with optional what-ifs and show how it differs from the current plan."""
+        require_permission(request, REPLAN)
         form = ReplanPreviewForm(request.POST or None)
         preview = None
         if request.method == "POST" and form.is_valid():
@@ -569,6 +577,7 @@ class PlacementPlanAdmin(ReadOnlyAdmin):
 
     def apply_replan_view(self, request):
         """Plan every deployment with the current state and apply the plan; POST only."""
+        require_permission(request, REPLAN)
         if request.method != "POST":
             return HttpResponseRedirect(reverse("admin:placements_placementplan_preview"))
         try:
@@ -718,11 +727,14 @@ class FailoverRequestAdmin(ReadOnlyAdmin):
         )
         return [pending_first.asc(), F("deadline").asc(nulls_last=True), "-created_at"]
 
+    def has_decide_permission(self, request) -> bool:
+        return request.user.has_perm(FAILOVER_DECIDE)
+
     @admin.display(description="clusters")
     def cluster_names(self, failover_request):
         return ", ".join(sorted(cluster.name for cluster in failover_request.clusters.all()))
 
-    @admin.action(description="Approve the selected pending requests")
+    @admin.action(description="Approve the selected pending requests", permissions=["decide"])
     def approve_requests(self, request, queryset):
         return confirm_with_reason(
             self,
@@ -734,7 +746,7 @@ class FailoverRequestAdmin(ReadOnlyAdmin):
             done="Approved",
         )
 
-    @admin.action(description="Reject the selected pending requests")
+    @admin.action(description="Reject the selected pending requests", permissions=["decide"])
     def reject_requests(self, request, queryset):
         return confirm_with_reason(
             self,

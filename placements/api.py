@@ -18,6 +18,9 @@ from rest_framework.decorators import action
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 
+from compliance.api_locks import EffectiveLockSerializer
+from compliance.lock_services import effective_lock
+from compliance.roles import CanDecideFailovers, CanReplan
 from compliance.services import record_event
 from fleet import operations
 from fleet.api import ReasonSerializer, run_operation
@@ -212,6 +215,10 @@ class DeploymentSerializer(serializers.ModelSerializer):
     unmet_replicas = serializers.SerializerMethodField(
         help_text="Replicas the current plan could not place (the shortfall); null until a plan covers the deployment."
     )
+    effective_lock = serializers.SerializerMethodField(
+        help_text="Intersection of the platform, customer and deployment locks: each part's values (null: any) "
+        "and the ids of the locks it comes from."
+    )
 
     class Meta:
         model = Deployment
@@ -233,6 +240,7 @@ class DeploymentSerializer(serializers.ModelSerializer):
             "condition_since",
             "placed_replicas",
             "unmet_replicas",
+            "effective_lock",
             "created_at",
             "updated_at",
         ]
@@ -249,6 +257,11 @@ class DeploymentSerializer(serializers.ModelSerializer):
 
     def get_unmet_replicas(self, deployment) -> int | None:
         return placement_totals(deployment)[1]
+
+    @extend_schema_field(EffectiveLockSerializer)
+    def get_effective_lock(self, deployment) -> dict:
+        # NOTE: reads the binding locks per deployment (a few queries each), also in list responses.
+        return effective_lock(deployment)
 
     def validate(self, attrs):
         user = self.context["request"].user
@@ -626,9 +639,15 @@ class PlacementPlanViewSet(ReadOnlyViewSet):
     ordering_fields = ["version", "created_at", "applied_at", "objective", "solve_seconds"]
 
     @extend_schema(request=PlanPreviewRequestSerializer, responses=PlanPreviewSerializer)
-    @action(detail=False, methods=["post"], filter_backends=[], pagination_class=None)
+    @action(
+        detail=False,
+        methods=["post"],
+        permission_classes=[IsAdminUser, CanReplan],
+        filter_backends=[],
+        pagination_class=None,
+    )
     def preview(self, request):
-        """Run a dry-run plan with what-ifs and return how it differs from the current plan; applies nothing."""
+        """Run a dry-run plan with what-ifs and return how it differs from the current plan. Needs the ops role."""
         serializer = PlanPreviewRequestSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         what_ifs = serializer.validated_data
@@ -652,15 +671,15 @@ class FailoverRequestViewSet(ReadOnlyViewSet):
     ordering_fields = ["created_at", "deadline", "decided_at", "status"]
 
     @extend_schema(request=ReasonSerializer, responses=FailoverRequestSerializer)
-    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser], filter_backends=[])
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser, CanDecideFailovers], filter_backends=[])
     def approve(self, request, pk=None):
-        """Approve a pending request; the re-plan that carries out the move is enqueued. Staff only."""
+        """Approve a pending request; the re-plan that carries out the move is enqueued. Needs the ops role."""
         return self.decide(request, failover.approve)
 
     @extend_schema(request=ReasonSerializer, responses=FailoverRequestSerializer)
-    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser], filter_backends=[])
+    @action(detail=True, methods=["post"], permission_classes=[IsAdminUser, CanDecideFailovers], filter_backends=[])
     def reject(self, request, pk=None):
-        """Reject a pending request: the replicas stay where they are. Staff only."""
+        """Reject a pending request: the replicas stay where they are. Needs the ops role."""
         return self.decide(request, failover.reject)
 
     def decide(self, request, decision):

@@ -23,6 +23,15 @@ No Kubernetes call runs inside a transaction: a step is claimed by a compare-and
 its attempt counter, the API is called, then the outcome is recorded in a short transaction.
 Every write is idempotent, so a second pass, or one after a crash half-way, changes nothing more.
 
+Before any write, a pass checks the plan's steps against the deployments' effective placement
+locks as they are now (``placements.lock_guard``), independently of the scheduler. A pending step
+that would put replicas where a lock forbids fails without an API call. Its message names the
+lock, and the pass records an audit event ``execution_step.lock_rejected`` and raises an alert
+``lock_violation`` on the deployment. Make-before-break does not wait for rejected replacements.
+A pass of a later plan whose steps for that deployment break no lock resolves the alert.
+NOTE: a rejected step writes nothing, so replicas already running where a newer lock forbids stay
+until a plan removes them (the scheduler plans them away, and a step to 0 is never rejected).
+
 A pass runs in three phases, so that clusters are called concurrently while all database work
 stays on the calling thread: decide and claim every step (database), write to the clusters,
 one worker thread per cluster (``run_per_cluster``), then record the outcomes (database).
@@ -41,10 +50,12 @@ from django.db.models import F
 from django.utils import timezone
 
 from compliance.services import record_event
+from fleet.alerts import raise_alert, resolve_alert
 from fleet.availability import covers, lost_cluster_ids
 from fleet.kube import ClusterAdapter, ClusterError, DesiredDeployment, ObservedDeployment
-from fleet.models import Cluster, Outage, TelemetrySnapshot
+from fleet.models import Alert, AlertSeverity, Cluster, Outage, TelemetrySnapshot
 from fleet.skus import gpu_product_for_sku
+from placements.lock_guard import rejected_placements
 from placements.models import (
     TIER_ORDER,
     Assignment,
@@ -71,6 +82,7 @@ from placements.routing import schedule_route_refresh
 logger = logging.getLogger(__name__)
 
 ACTOR = "executor"
+LOCK_ALERT = "lock_violation"
 StepKey = tuple[int, int]  # (deployment id, cluster id)
 
 
@@ -270,9 +282,18 @@ def write_clusters(writes: list[tuple[Cluster, ClusterWrite]], adapters: Adapter
     Returns each write's outcome, in the order of ``writes``: the Deployment that the cluster
     returned, None after a delete, or the ``ClusterError`` that the write, or connecting to its
     cluster, raised. A failed write does not stop the next writes to the same cluster.
+
+    A write that would put replicas where an effective lock forbids is not made. Its outcome is a
+    non-retryable ``ClusterError`` that names the lock (see ``rejected_writes``). This applies to
+    every caller, including the repairs of reconciliation.
     """
+    outcomes: list[WriteOutcome] = [None] * len(writes)
+    rejected = rejected_writes(writes)
     by_cluster: dict[int, tuple[Cluster, list[int]]] = {}
     for index, (cluster, _) in enumerate(writes):
+        if index in rejected:
+            outcomes[index] = rejected[index]
+            continue
         by_cluster.setdefault(cluster.pk, (cluster, []))[1].append(index)
     jobs = [
         (cluster, partial(apply_writes, [writes[index][1] for index in indexes]))
@@ -280,12 +301,47 @@ def write_clusters(writes: list[tuple[Cluster, ClusterWrite]], adapters: Adapter
     ]
     results = run_per_cluster(jobs, adapters)
 
-    outcomes: list[WriteOutcome] = [None] * len(writes)
     for cluster_id, (_, indexes) in by_cluster.items():
         result = results[cluster_id]
         for position, index in enumerate(indexes):
             outcomes[index] = result if isinstance(result, ClusterError) else result[position]
     return outcomes
+
+
+def rejected_writes(writes: list[tuple[Cluster, ClusterWrite]]) -> dict[int, ClusterError]:
+    """Return the writes that break an effective lock now, by index, each with the error that rejects it.
+
+    Raises the deployment's ``lock_violation`` alert for each. A delete is never rejected.
+    """
+    placing = [
+        (index, cluster, write.desired) for index, (cluster, write) in enumerate(writes) if write.desired is not None
+    ]
+    if not placing:
+        return {}
+    requested = [(desired.deployment_id, cluster, desired.replicas) for _, cluster, desired in placing]
+    violations = rejected_placements(requested)
+    if not violations:
+        return {}
+    deployments = Deployment.objects.in_bulk({deployment_id for deployment_id, _cluster_id in violations})
+    rejected: dict[int, ClusterError] = {}
+    for index, cluster, desired in placing:
+        violation = violations.get((desired.deployment_id, cluster.pk))
+        if violation is None:
+            continue
+        message = f"rejected by the lock guard, nothing was written: {violation}"
+        rejected[index] = ClusterError(cluster.name, f"apply {desired.name}", message, retryable=False)
+        logger.error(
+            "write of %s (deployment %s) to cluster %s rejected: %s",
+            desired.name,
+            desired.deployment_id,
+            cluster.name,
+            violation,
+        )
+        deployment = deployments.get(desired.deployment_id)
+        if deployment is not None:
+            alert = f"{desired.replicas} replicas of {deployment} on cluster {cluster.name} rejected: {violation}"
+            raise_alert(LOCK_ALERT, AlertSeverity.CRITICAL, deployment, alert)
+    return rejected
 
 
 def apply_writes(batch: list[ClusterWrite], adapter: ClusterAdapter) -> list[WriteOutcome]:
@@ -345,12 +401,18 @@ def advance_plan(
     report = ExecutionReport(plan.pk, plan.version)
     pending = list(
         ExecutionStep.objects.filter(plan=plan, status=StepStatus.PENDING).select_related(
-            "deployment__customer", "cluster", "sku"
+            "deployment__customer", "cluster__region__provider", "sku"
         )
     )
     report.pending = len(pending)
     if not pending:
         return report
+    violations = plan_lock_violations(plan)
+    for step in pending:
+        if (step.deployment_id, step.cluster_id) in violations:
+            reject_step(plan, step, violations[step.deployment_id, step.cluster_id], now)
+            report.failed += 1
+    pending = [step for step in pending if step.status == StepStatus.PENDING]
     lost = lost_cluster_ids(now) if lost is None else lost
     steps = [step for step in pending if step.cluster_id not in lost]
     report.waiting_for_cluster = len(pending) - len(steps)
@@ -358,6 +420,8 @@ def advance_plan(
         logger.info("plan v%s: %s steps wait for lost clusters", plan.version, report.waiting_for_cluster)
     observations = dict(observations or {})
     targets = plan_targets(plan, lost)
+    for deployment_id, cluster_id in violations:
+        targets.get(deployment_id, {}).pop(cluster_id, None)
     # The make-before-break gate reads every cluster that runs a pending deployment's
     # replacements, including clusters whose own steps are already executed.
     # TODO: a plan that swaps two deployments between two full clusters waits here until the
@@ -402,6 +466,50 @@ def advance_plan(
             report.within_timeout = True
     logger.info("execution pass of plan v%s: %s", plan.version, report.as_dict())
     return report
+
+
+# The lock guard.
+
+
+def plan_lock_violations(plan: PlacementPlan) -> dict[StepKey, str]:
+    """Return the plan's steps that break an effective lock now, as (deployment id, cluster id) -> violation.
+
+    Checks every step that places replicas, whatever its status, so that ``advance_plan`` can drop
+    rejected replacements from the make-before-break targets. Resolves the ``lock_violation`` alert
+    of each deployment of the plan whose steps break no lock.
+    """
+    rows = ExecutionStep.objects.filter(plan=plan, desired_replicas__gt=0).select_related("cluster__region__provider")
+    violations = rejected_placements((step.deployment_id, step.cluster, step.desired_replicas) for step in rows)
+    alerted = set(
+        Alert.objects.filter(
+            kind=LOCK_ALERT, subject_type=Deployment._meta.label_lower, resolved_at__isnull=True
+        ).values_list("subject_id", flat=True)
+    )
+    if alerted:
+        in_plan = set(ExecutionStep.objects.filter(plan=plan).values_list("deployment_id", flat=True).distinct())
+        breaking = {deployment_id for deployment_id, _cluster_id in violations}
+        for deployment_id in sorted(in_plan - breaking):
+            if str(deployment_id) in alerted:
+                resolve_alert(LOCK_ALERT, (Deployment._meta.label_lower, deployment_id))
+    return violations
+
+
+def reject_step(plan: PlacementPlan, step: ExecutionStep, violation: str, now: datetime) -> bool:
+    """Fail a pending step that breaks a lock, without an API call, with its audit event and alert."""
+    message = (
+        f"rejected by the lock guard: {step.desired_replicas} replicas of {step.deployment} on cluster "
+        f"{step.cluster.name}, but {violation}. Nothing was written to the cluster."
+    )
+    with transaction.atomic():
+        failed = fail_step(step, message, now, action="execution_step.lock_rejected")
+        if failed:
+            raise_alert(
+                LOCK_ALERT,
+                AlertSeverity.CRITICAL,
+                step.deployment,
+                f"plan v{plan.version} step {step.pk}: {message}",
+            )
+    return failed
 
 
 def tier_rank(step: ExecutionStep) -> int:

@@ -612,3 +612,40 @@ class ScalingDecision(models.Model):
 
     def __str__(self) -> str:
         return f"{self.deployment}: {self.from_replicas} -> {self.to_replicas} ({self.decided_at:%Y-%m-%d %H:%M:%S})"
+
+
+class ApiTokenQuerySet(models.QuerySet["ApiToken"]):
+    def visible_to(self, user) -> "ApiTokenQuerySet":
+        """Limit to what ``user`` may see: staff see every token (never a secret), others their own."""
+        if not user.is_authenticated:
+            return self.none()
+        if user.is_staff:
+            return self
+        return self.filter(user=user)
+
+
+class ApiToken(models.Model):
+    """A token that a user, usually a customer's member, created to call the API.
+
+    Only the SHA-256 digest of the token is stored; the secret is shown once, when it is created.
+    The prefix names the token in lists, the admin and the audit trail.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=64, help_text="What the token is for, for example 'ci deploys'.")
+    prefix = models.CharField(max_length=32, unique=True, editable=False)
+    digest = models.CharField(max_length=64, unique=True, editable=False)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    expires_at = models.DateTimeField(null=True, blank=True, help_text="Empty: valid until revoked.")
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    objects = ApiTokenQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at"]
+        # The token list of one user, newest first.
+        indexes = [models.Index(fields=["user", "-created_at"], name="apitoken_user_created_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.prefix} ({self.name})"

@@ -33,11 +33,10 @@ import redis
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import OuterRef, Q, Subquery
+from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from compliance.locks import lock_input, locks_by_subject
-from compliance.models import PlacementLock
+from compliance.locks import locks_by_subject, locks_for_deployments
 from fleet.availability import AvailabilityReader
 from fleet.models import Cluster, ClusterHealth, Region, TelemetrySnapshot
 from fleet.places import PlaceIndex
@@ -294,19 +293,7 @@ def deployment_locks(
     """
     if everyone:
         return locks_by_subject()
-    by_customer: dict[int, list[LockInput]] = defaultdict(list)
-    by_deployment: dict[int, list[LockInput]] = defaultdict(list)
-    # The same split as locks_by_subject: a lock naming a deployment binds that deployment only.
-    rows = PlacementLock.objects.filter(
-        Q(deployment_id__in=[deployment.pk for deployment in deployments])
-        | Q(deployment__isnull=True, customer_id__in={deployment.customer_id for deployment in deployments})
-    ).prefetch_related("allowed_regions__provider", "allowed_providers", "excluded_providers")
-    for lock in rows.select_related("customer", "deployment__customer"):
-        if lock.deployment_id:
-            by_deployment[lock.deployment_id].append(lock_input(lock))
-        else:
-            by_customer[lock.customer_id].append(lock_input(lock))
-    return by_customer, by_deployment
+    return locks_for_deployments(deployments)
 
 
 def planned_replicas(deployment_ids: list[int] | None, plan: PlacementPlan | None) -> dict[int, dict[int, int]]:

@@ -29,6 +29,7 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 from django.db import transaction
 
+from compliance.lock_services import check_regions
 from compliance.services import record_event
 from fleet.models import GpuSku, Region
 from placements.autoscaling_policy import autoscaled_desired, check_replicas, save_autoscaling, validate_autoscaling
@@ -161,6 +162,15 @@ def validate_deployment(data: Mapping[str, Any], *, customer: Customer | None, i
     errors: dict[str, list[str]] = {}
     fields = _collect_errors(errors, validate_deployment_fields, data, customer=customer, instance=instance)
     regions = _collect_errors(errors, validate_region_preference, data.get("region_preference") or [])
+    if regions:
+        # A newly preferred region that a platform, customer or deployment lock forbids contradicts the lock.
+        # Regions already stored stay accepted, so a later lock does not block unrelated updates; the
+        # scheduler and the executor keep replicas out of them.
+        stored = set(instance.region_preferences.values_list("region_id", flat=True)) if instance is not None else set()
+        added = [region for region in regions if region.pk not in stored]
+        _collect_errors(
+            errors, check_regions, added, customer=customer, deployment=instance, field_name="region_preference"
+        )
     origins = _collect_errors(errors, validate_demand_origins, data.get("demand_origins") or [])
     if errors:
         raise ValidationError(errors)

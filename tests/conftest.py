@@ -1,6 +1,6 @@
 """Shared fixtures: named personas and a small fleet.
 
-Personas: ``ops`` (an ops engineer, staff), ``compliance_officer`` (staff who may edit locks),
+Personas: ``ops`` (an ops engineer, staff with the ops role), ``compliance_officer`` (staff who may edit locks),
 and two customers, ``acme`` and ``globex``, each with one member user and a DRF token.
 The fleet has 2 providers, 3 regions, 4 clusters and two SKUs, H100 and L4.
 """
@@ -9,7 +9,7 @@ from decimal import Decimal
 from types import SimpleNamespace
 
 import pytest
-from django.contrib.auth.models import Permission
+from django.contrib.auth.models import Group, Permission
 from django.test import override_settings
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -34,7 +34,9 @@ def plain_http():
 
 @pytest.fixture
 def ops(django_user_model):
-    return django_user_model.objects.create_user(username="ops", is_staff=True)
+    user = django_user_model.objects.create_user(username="ops", is_staff=True)
+    user.groups.add(Group.objects.get(name="ops"))
+    return user
 
 
 @pytest.fixture

@@ -266,10 +266,11 @@ def test_lock_without_reason_is_rejected(superuser_client, acme):
 
 @pytest.mark.django_db
 def test_lock_creation_writes_audit_event(superuser_client, acme):
-    response = superuser_client.post(admin_url(PlacementLock, "add"), lock_form(acme, reason="GDPR data residency."))
+    form = lock_form(acme, reason="GDPR data residency.", change_reason="Signed the EU contract.")
+    response = superuser_client.post(admin_url(PlacementLock, "add"), form)
     assert response.status_code == 302
     event = AuditEvent.objects.get(action="lock.created")
-    assert event.reason == "GDPR data residency."
+    assert event.reason == "Signed the EU contract."
     assert event.after["allowed_jurisdictions"] == ["eu"]
 
 
