@@ -13,7 +13,7 @@ from rest_framework.settings import api_settings
 from compliance.audit_export import CSV_COLUMNS, csv_response
 from compliance.models import AuditEvent
 from compliance.roles import CanViewAuditTrail
-from mcm_site.api import ReadOnlyViewSet
+from mcm_site.api import ReadOnlyViewSet, UtcIsoDateTimeFilter
 
 
 class AuditEventSerializer(serializers.ModelSerializer):
@@ -45,10 +45,10 @@ class AuditEventFilter(django_filters.FilterSet):
     action_prefix = django_filters.CharFilter(
         field_name="action", lookup_expr="startswith", help_text="Action prefix, for example 'failover.'."
     )
-    since = django_filters.IsoDateTimeFilter(
+    since = UtcIsoDateTimeFilter(
         field_name="created_at", lookup_expr="gte", help_text="Events at or after this ISO 8601 time."
     )
-    until = django_filters.IsoDateTimeFilter(
+    until = UtcIsoDateTimeFilter(
         field_name="created_at", lookup_expr="lt", help_text="Events before this ISO 8601 time."
     )
     q = django_filters.CharFilter(method="search", help_text="Text in the action, subject id, actor or reason.")

@@ -6,8 +6,10 @@ atomic writes, one log line per mutation, and the mapping of model errors to HTT
 """
 
 import logging
+from datetime import UTC
 from functools import cache
 
+import django_filters
 from django.apps import apps
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, models, transaction
@@ -18,6 +20,17 @@ from rest_framework.serializers import as_serializer_error
 from compliance.roles import AuditorsReadOnly
 
 logger = logging.getLogger(__name__)
+
+
+class UtcIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """An ISO 8601 time filter that queries in UTC.
+
+    ISO 8601 allows offsets up to 23:59 and PostgreSQL only up to 15:59. A time with a larger offset such as
+    +17:29 is the same instant in UTC, so the query does not fail.
+    """
+
+    def filter(self, qs, value):
+        return super().filter(qs, value.astimezone(UTC) if value is not None else value)
 
 
 class ScopedViewSetMixin:

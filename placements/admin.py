@@ -19,6 +19,8 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 
+from compliance.admin import effective_lock_html
+from compliance.lock_services import check_regions
 from compliance.roles import FAILOVER_DECIDE, REPLAN
 from fleet import operations
 from fleet.admin import confirm_with_reason
@@ -114,8 +116,21 @@ class DeploymentAdminForm(forms.ModelForm):
 class RegionPreferenceFormSet(forms.BaseInlineFormSet):
     def clean(self):
         super().clean()
+        regions = ordered_regions(self)
         try:
-            validate_region_preference(ordered_regions(self))
+            validate_region_preference(regions)
+        except ValidationError as error:
+            raise ValidationError(error.message_dict["region_preference"]) from error
+        # On add, the admin builds the formset on the unsaved deployment that the valid main form filled in.
+        deployment = self.instance
+        customer = deployment.customer if deployment.customer_id else None
+        try:
+            check_regions(
+                regions,
+                customer=customer,
+                deployment=deployment if deployment.pk else None,
+                field_name="region_preference",
+            )
         except ValidationError as error:
             raise ValidationError(error.message_dict["region_preference"]) from error
 
@@ -287,6 +302,7 @@ class DeploymentAdmin(admin.ModelAdmin):
         "current_placement",
         "current_explanation",
         "recent_scaling",
+        "effective_lock",
         routes_link,
         "created_at",
         "updated_at",
@@ -349,6 +365,12 @@ class DeploymentAdmin(admin.ModelAdmin):
             ),
         )
         return format_html("{}<ul>{}</ul>", header, rows)
+
+    @admin.display(description="effective lock")
+    def effective_lock(self, deployment):
+        if deployment.pk is None:
+            return "-"
+        return effective_lock_html(deployment)
 
     @admin.display(description="recent scaling decisions")
     def recent_scaling(self, deployment):

@@ -15,6 +15,7 @@ from rest_framework.generics import GenericAPIView
 from rest_framework.response import Response
 
 from fleet.models import Cluster
+from mcm_site.api import UtcIsoDateTimeFilter
 from placements.models import Deployment, TrafficSample, TrafficSource
 from placements.traffic import window_traffic
 
@@ -75,7 +76,7 @@ class TrafficSampleFilter(django_filters.FilterSet):
     cluster = django_filters.CharFilter(field_name="cluster__name")
     origin = django_filters.CharFilter()
     source = django_filters.ChoiceFilter(choices=TrafficSource.choices)
-    since = django_filters.IsoDateTimeFilter(field_name="observed_at", lookup_expr="gte")
+    since = UtcIsoDateTimeFilter(field_name="observed_at", lookup_expr="gte")
 
     class Meta:
         model = TrafficSample

@@ -94,7 +94,8 @@ def explain_for_customer(deployment: Deployment) -> dict:
         "placed": [],
         "not_used": [],
     }
-    if not stored or "chosen" not in stored:
+    if not stored or not isinstance(stored.get("chosen"), list):
+        # Plans stored before the scheduler wrote its explanation as lists have nothing to word.
         answer["summary"] = "No plan has placed this deployment yet: it is placed at the next planning run."
         return answer
 
