@@ -130,6 +130,7 @@ class LockPermissions(DjangoModelPermissions):
     """Reads need a login (the queryset scopes them); writes need the model permission of the method."""
 
     perms_map = {**DjangoModelPermissions.perms_map, "GET": [], "OPTIONS": [], "HEAD": []}
+    message = "Changing placement locks needs the compliance role (permissions compliance.*_placementlock)."
 
 
 class PlacementLockViewSet(ModelViewSet):

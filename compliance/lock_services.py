@@ -360,6 +360,15 @@ def _record(*, actor, action: str, lock_pk: int, lock, reason: str, before, afte
         before=before,
         after=after,
     )
+    # Replicas that already run where the changed lock forbids move at the re-plan, not at the next
+    # scheduled one; the executor rejects new writes outside the lock meanwhile.
+    transaction.on_commit(_request_replan)
+
+
+def _request_replan() -> None:
+    from placements.reconcile import enqueue_replan  # placements imports compliance
+
+    enqueue_replan()
 
 
 def create_lock(*, actor, data: Mapping[str, Any], reason: str | None = None) -> PlacementLock:

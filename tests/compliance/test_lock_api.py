@@ -89,7 +89,9 @@ def test_staff_without_lock_permissions_cannot_change_locks(ops_client, eu_only)
     assert ops_client.get(url).status_code == 200
     assert ops_client.patch(url, {"reason": "x", "change_reason": "x"}, format="json").status_code == 403
     assert ops_client.delete(f"{url}?change_reason=x").status_code == 403
-    assert ops_client.post(LOCKS, {"reason": "x"}, format="json").status_code == 403
+    refused = ops_client.post(LOCKS, {"reason": "x"}, format="json")
+    assert refused.status_code == 403
+    assert "compliance role" in refused.data["detail"]
     eu_only.refresh_from_db()
     assert eu_only.reason == "Acme contract: EU data only."
 
@@ -197,3 +199,18 @@ def test_platform_lock_through_the_api(officer_client, acme_client, fleet, acme_
     assert acme_client.get(LOCKS).data["results"] == []
     effective = acme_client.get(f"{DEPLOYMENTS}{acme_chat.pk}/").data["effective_lock"]
     assert effective["excluded_providers"] == {"values": ["gcp"], "from": [created.data["id"]]}
+
+
+def test_lock_change_requests_a_replan(officer_client, eu_only, monkeypatch, django_capture_on_commit_callbacks):
+    """Replicas already running where a changed lock forbids move at a re-plan made right after the change."""
+    from placements import reconcile
+
+    requested = []
+    monkeypatch.setattr(reconcile, "enqueue_replan", lambda: requested.append(True))
+    url = f"{LOCKS}{eu_only.pk}/"
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = officer_client.patch(url, {"reason": "Narrower", "change_reason": "contract update"}, format="json")
+
+    assert response.status_code == 200
+    assert requested == [True]
