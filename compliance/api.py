@@ -19,18 +19,8 @@ from mcm_site.api import ReadOnlyViewSet, UtcIsoDateTimeFilter
 class AuditEventSerializer(serializers.ModelSerializer):
     class Meta:
         model = AuditEvent
-        fields = [
-            "id",
-            "created_at",
-            "actor_id",
-            "actor_label",
-            "action",
-            "subject_type",
-            "subject_id",
-            "reason",
-            "before",
-            "after",
-        ]
+        # The CSV export has the same columns, in the same order.
+        fields = CSV_COLUMNS
         read_only_fields = fields
 
 
