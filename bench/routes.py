@@ -130,7 +130,7 @@ def start_server(port: int, redis_url: str | None, workers: int) -> subprocess.P
         except OSError:
             time.sleep(0.2)
     process.kill()
-    raise RuntimeError(f"the app server on port {port} did not answer within 30 s")
+    raise RuntimeError(f"the app server on port {port} did not respond within 30 s")
 
 
 def run_load(port: int, token: str, paths, *, concurrency: int, seconds: float) -> dict:

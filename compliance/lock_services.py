@@ -360,8 +360,8 @@ def _record(*, actor, action: str, lock_pk: int, lock, reason: str, before, afte
         before=before,
         after=after,
     )
-    # Replicas that already run where the changed lock forbids move at the re-plan, not at the next
-    # scheduled one; the executor rejects new writes outside the lock meanwhile.
+    # Replicas that already run where the changed lock forbids move at this re-plan, not at the next
+    # scheduled one. Until then the executor rejects new writes outside the lock.
     transaction.on_commit(_request_replan)
 
 
@@ -392,7 +392,7 @@ def create_lock(*, actor, data: Mapping[str, Any], reason: str | None = None) ->
 
 
 def update_lock(*, actor, lock: PlacementLock, data: Mapping[str, Any], reason: str) -> PlacementLock:
-    """Change a lock; parts that ``data`` leaves out keep their stored values. ``reason`` says why."""
+    """Change a lock; parts that ``data`` leaves out keep their stored values. ``reason`` is why."""
     with transaction.atomic():
         change_reason = _change_reason(reason)
         lock = (

@@ -326,7 +326,7 @@ MCM_REPEATED_LOSS_AVOID_S = float(os.environ.get("MCM_REPEATED_LOSS_AVOID_S", "3
 MCM_TRAFFIC_RETENTION_S = float(os.environ.get("MCM_TRAFFIC_RETENTION_S", "86400"))
 # Seconds between autoscaler passes; each pass decides every deployment with an enabled policy.
 MCM_AUTOSCALE_INTERVAL_S = float(os.environ.get("MCM_AUTOSCALE_INTERVAL_S", "15"))
-# The route table lives in Redis; the embedded mode has no Redis, so it computes every route from
+# The route table lives in Redis. The embedded mode has no Redis, so it computes every route from
 # the database, chosen here and not by a missing setting.
 if MCM_EMBEDDED:
     MCM_ROUTES_REDIS_URL = None

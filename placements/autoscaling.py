@@ -212,7 +212,7 @@ def recommend(measurements: dict, policy: PolicyValues, *, floor: int, max_repli
 def stabilised_recommendation(recommendations: list[list[float]], *, now: float, delay_s: float) -> int:
     """Return the highest recommendation in force during (now - delay_s, now].
 
-    Each recommendation holds until the next one, so the one made last at or before the window's
+    Each recommendation is in force until the next one, so the one made last at or before the window's
     start counts too: a lower need must last the whole delay.
     """
     start = now - delay_s

@@ -305,7 +305,7 @@ def compressed_policies(targets: list[ReplayTarget], factor: float) -> Iterator[
     process killed without unwinding (SIGKILL) leaves the shortened values behind.
     """
     # NOTE: a duration shorter than ``factor`` seconds becomes 1 s of wall time, which is ``factor``
-    # trace seconds: longer than the policy says. Exact durations need fractional policy fields.
+    # trace seconds: longer than the policy sets. Exact durations need fractional policy fields.
     saved = {}
     used = {}
     for target in targets:

@@ -5,8 +5,8 @@ coordinates, ready replicas and spare capacity (``serving_entries``). It lives i
 ``mcm:routes:<database name>:<deployment id>`` and is rewritten after every plan, health change,
 cordon, drain, outage and change of ready replicas (``schedule_route_refresh``). A request only
 ranks the few entries of its deployment by distance (``rank_routes``). Without Redis
-(``MCM_ROUTES_REDIS_URL`` unset, as in the embedded mode, or Redis not answering) every answer is
-computed from the database, and says so in ``source``.
+(``MCM_ROUTES_REDIS_URL`` unset, as in the embedded mode, or Redis not responding) every answer is
+computed from the database, and ``source`` is "database".
 
 A cluster serves a deployment when the current plan assigns it replicas there or a cluster
 reports ready replicas of it (replicas that a newer plan moves away keep serving until their
@@ -456,7 +456,7 @@ def rank_routes(entry: dict, location: ClientLocation) -> list[dict]:
 
 
 def routes_for(deployment_id: int, location: ClientLocation) -> dict:
-    """Return the ranked routes of a deployment for a client, from the Redis table when it answers."""
+    """Return the ranked routes of a deployment for a client, from the Redis table when Redis responds."""
     entry, source = table_entry(deployment_id)
     routes = rank_routes(entry, location)
     return {
@@ -589,8 +589,8 @@ def cached_entries(deployment_ids: Iterable[int]) -> dict[int, dict] | None:
 def refresh_routes(deployment_ids: Iterable[int] | None = None, *, reason: str) -> int:
     """Rewrite the table entries of these deployments (all when None); return the entries written.
 
-    Returns 0 without raising when Redis is not configured or not answering: requests then
-    compute their routes from the database until it answers again.
+    Returns 0 without raising when Redis is not configured or not responding: requests then
+    compute their routes from the database until it responds again.
     """
     ids = None if deployment_ids is None else list(deployment_ids)
     client = TABLE.client()

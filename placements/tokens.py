@@ -65,7 +65,7 @@ def validate_token_fields(*, name, expires_at) -> tuple[str, datetime | None]:
 
 
 def create_api_token(*, actor, user, name, expires_at: datetime | None = None) -> tuple[ApiToken, str]:
-    """Create a token for ``user``; return it and the raw token, which nothing stores and only the caller sees.
+    """Create a token for ``user``; return it and the raw token, which nothing stores and only the caller receives.
 
     Audited as ``api_token.created`` with the prefix.
     """
@@ -168,7 +168,7 @@ class ApiRateThrottle(SimpleRateThrottle):
     Customers get ``MCM_API_RATE_USER``; staff and agent accounts (``fleet.add_clusterevent``), which
     push events for whole fleets, get ``MCM_API_RATE_STAFF``. The settings are read on every request.
     NOTE: the history is read and written without a lock, as in DRF's throttles, so concurrent
-    requests of one user can each pass near the limit; a Redis script would close that gap.
+    requests of one user can each pass near the limit. A Redis script would close that gap.
     """
 
     cache_format = "throttle_api_%(ident)s"

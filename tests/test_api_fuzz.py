@@ -91,7 +91,7 @@ def keep_connection():
     """Keep the test's database connection across requests, as Django's test client does.
 
     A WSGI app closes old connections when a request starts and ends, which would close the connection that
-    holds the test's transaction.
+    belongs to the test's transaction.
     """
     signals.request_started.disconnect(close_old_connections)
     signals.request_finished.disconnect(close_old_connections)

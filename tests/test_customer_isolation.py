@@ -197,7 +197,7 @@ def api_routes() -> set[tuple[str, str]]:
         actions = getattr(view, "actions", None)
         if actions is not None:
             # DRF adds "head" to a viewset's actions the first time it serves a request, so this
-            # set would depend on the tests that ran before; HEAD answers as GET does.
+            # set would depend on the tests that ran before; HEAD is served as GET is.
             methods = set(actions) - {"head"}
         else:
             view_class = view.view_class
