@@ -96,35 +96,42 @@ def level_of(customer, deployment) -> str:
 # The hierarchy.
 
 
-def forbidden_by(higher: LockRules, lower: LockRules) -> dict[str, list[str]]:
-    """Return what ``lower`` lists that ``higher`` forbids, by field: {field: [what, ...]}."""
+def forbidden_by(higher: LockRules, lower: LockRules, *, by: str = "lower") -> dict[str, list[str]]:
+    """Return what ``lower`` lists that ``higher`` forbids, by field: {field: [what, ...]}.
+
+    ``by="lower"`` keys each item by the field of ``lower`` that lists it (the lock being written is
+    the lower one); ``by="higher"`` keys it by the rule of ``higher`` that forbids it (the lock
+    being written is the higher one, and that rule is what the writer would change).
+    """
     found: dict[str, list[str]] = {}
+
+    def add(lower_field: str, higher_field: str, text: str) -> None:
+        found.setdefault(lower_field if by == "lower" else higher_field, []).append(text)
+
     higher_region_jurisdictions = {region.jurisdiction for region in higher.regions.values()}
     higher_region_providers = {region.provider.name for region in higher.regions.values()}
     for key, region in sorted(lower.regions.items()):
         if higher.regions and key not in higher.regions:
-            forbidden = f"region {key}"
+            add("allowed_regions", "allowed_regions", f"region {key}")
         elif higher.jurisdictions and region.jurisdiction not in higher.jurisdictions:
-            forbidden = f"region {key} (jurisdiction {region.jurisdiction or 'unknown'})"
+            jurisdiction = region.jurisdiction or "unknown"
+            add("allowed_regions", "allowed_jurisdictions", f"region {key} (jurisdiction {jurisdiction})")
         elif higher.providers and region.provider.name not in higher.providers:
-            forbidden = f"region {key} (provider {region.provider.name})"
+            add("allowed_regions", "allowed_providers", f"region {key} (provider {region.provider.name})")
         elif region.provider.name in higher.excluded:
-            forbidden = f"region {key} (excluded provider {region.provider.name})"
-        else:
-            continue
-        found.setdefault("allowed_regions", []).append(forbidden)
+            add("allowed_regions", "excluded_providers", f"region {key} (excluded provider {region.provider.name})")
     for code in sorted(lower.jurisdictions):
-        if (higher.jurisdictions and code not in higher.jurisdictions) or (
-            higher.regions and code not in higher_region_jurisdictions
-        ):
-            found.setdefault("allowed_jurisdictions", []).append(f"jurisdiction {code}")
+        if higher.jurisdictions and code not in higher.jurisdictions:
+            add("allowed_jurisdictions", "allowed_jurisdictions", f"jurisdiction {code}")
+        elif higher.regions and code not in higher_region_jurisdictions:
+            add("allowed_jurisdictions", "allowed_regions", f"jurisdiction {code}")
     for name in sorted(lower.providers):
-        if (
-            (higher.providers and name not in higher.providers)
-            or name in higher.excluded
-            or (higher.regions and name not in higher_region_providers)
-        ):
-            found.setdefault("allowed_providers", []).append(f"provider {name}")
+        if higher.providers and name not in higher.providers:
+            add("allowed_providers", "allowed_providers", f"provider {name}")
+        elif name in higher.excluded:
+            add("allowed_providers", "excluded_providers", f"provider {name}")
+        elif higher.regions and name not in higher_region_providers:
+            add("allowed_providers", "allowed_regions", f"provider {name}")
     return found
 
 
@@ -167,7 +174,7 @@ def check_hierarchy(cleaned: Mapping[str, Any], *, instance: PlacementLock | Non
                 f"{', '.join(items)}: forbidden by {describe(higher)}. A {level} lock can only narrow it."
             )
     for lower in lower_locks(customer, deployment, exclude_pk=exclude):
-        for part, items in forbidden_by(rules, rules_of(lower)).items():
+        for part, items in forbidden_by(rules, rules_of(lower), by="higher").items():
             errors.setdefault(part, []).append(
                 f"This {level} lock would forbid {', '.join(items)}, which {describe(lower)} allows. "
                 "Narrow or delete that lock first."

@@ -42,6 +42,10 @@ LOCK_ADD = "compliance.add_placementlock"
 LOCK_CHANGE = "compliance.change_placementlock"
 LOCK_DELETE = "compliance.delete_placementlock"
 LOCK_VIEW = "compliance.view_placementlock"
+# Staff who create, change or delete a customer's deployment for them; customers change their own without it.
+DEPLOYMENT_ADD = "placements.add_deployment"
+DEPLOYMENT_CHANGE = "placements.change_deployment"
+DEPLOYMENT_DELETE = "placements.delete_deployment"
 
 ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
     OPS: (
@@ -50,6 +54,9 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
         OUTAGE_CLEAR,
         REPLAN,
         FAILOVER_DECIDE,
+        DEPLOYMENT_ADD,
+        DEPLOYMENT_CHANGE,
+        DEPLOYMENT_DELETE,
         AUDIT_VIEW,
         LOCK_VIEW,
     ),
@@ -192,6 +199,28 @@ CanClearOutages = requires_permission(OUTAGE_CLEAR, OPS)
 CanReplan = requires_permission(REPLAN, OPS)
 CanDecideFailovers = requires_permission(FAILOVER_DECIDE, OPS)
 CanViewAuditTrail = requires_permission(AUDIT_VIEW, f"{AUDITOR}, {COMPLIANCE} or {OPS}")
+
+
+class StaffWritesNeedModelPermission(BasePermission):
+    """Make staff members hold the model permission of a write; customers pass, scoped by the queryset.
+
+    A customer writes only rows of their own customers, which the view's queryset ensures. A staff
+    member sees every customer's rows, so a write needs ``add_``, ``change_`` or ``delete_`` of the model.
+    """
+
+    ACTIONS = {"POST": "add", "PUT": "change", "PATCH": "change", "DELETE": "delete"}
+
+    def has_permission(self, request, view):
+        user = request.user
+        action = self.ACTIONS.get(request.method)
+        if action is None or not (user and user.is_authenticated and user.is_staff):
+            return True
+        meta = view.queryset.model._meta
+        permission = f"{meta.app_label}.{action}_{meta.model_name}"
+        if user.has_perm(permission):
+            return True
+        self.message = f"A staff member needs the {OPS} role (permission {permission}) for this write."
+        return False
 
 
 class AuditorsReadOnly(BasePermission):

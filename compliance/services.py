@@ -87,7 +87,7 @@ def record_event(
         user, label = actor, actor.get_username()
     return AuditEvent.objects.create(
         actor=user,
-        actor_label=label,
+        actor_label=label[:128],
         action=action,
         subject_type=subject_type,
         subject_id=subject_id,

@@ -20,7 +20,7 @@ from rest_framework.response import Response
 
 from compliance.api_locks import EffectiveLockSerializer
 from compliance.lock_services import effective_lock
-from compliance.roles import CanDecideFailovers, CanReplan
+from compliance.roles import CanDecideFailovers, CanReplan, StaffWritesNeedModelPermission
 from compliance.services import record_event
 from fleet import operations
 from fleet.api import ReasonSerializer, run_operation
@@ -573,6 +573,9 @@ class DeploymentViewSet(ModelViewSet):
     serializer_class = DeploymentSerializer
     filterset_class = DeploymentFilter
     ordering_fields = ["name", "created_at", "updated_at", "desired_replicas", "condition", "current_unmet"]
+
+    def get_permissions(self):
+        return [*super().get_permissions(), StaffWritesNeedModelPermission()]
 
     def get_queryset(self):
         outcomes = DeploymentOutcome.objects.filter(plan=current_plan(), deployment=OuterRef("pk"))

@@ -66,7 +66,11 @@ def test_higher_lock_change_that_breaks_a_lower_one_is_rejected(fleet, acme_chat
         update_lock(
             actor=compliance_officer, lock=eu_only, data={"allowed_jurisdictions": ["us"]}, reason="Moving to US."
         )
-    assert f"deployment lock {lower.pk} on deployment acme/chat" in messages(error)["allowed_regions"]
+    # The error sits on the field the request changed, not on the lower lock's field.
+    assert list(messages(error)) == ["allowed_jurisdictions"]
+    text = messages(error)["allowed_jurisdictions"]
+    assert "would forbid region aws/eu-west-1 (jurisdiction eu)" in text
+    assert f"deployment lock {lower.pk} on deployment acme/chat" in text
     eu_only.refresh_from_db()
     assert eu_only.allowed_jurisdictions == ["eu"]
 

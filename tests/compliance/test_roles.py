@@ -1,5 +1,8 @@
 """Staff roles: ops runs the fleet, compliance changes locks, auditors read everything and change nothing."""
 
+import getpass
+import socket
+
 import pytest
 from django.contrib.auth.models import Group
 from django.core.management import CommandError, call_command
@@ -196,6 +199,33 @@ def test_auditor_changes_nothing_in_api(auditor, acme, fleet):
     assert not AuditEvent.objects.exists()
 
 
+def test_roleless_staff_cannot_write_deployments(plain_staff, acme, acme_chat):
+    client = token_client(plain_staff)
+    created = {"name": "by-staff", "customer": "acme", "sku": "H100", "desired_replicas": 1}
+
+    post = client.post(DEPLOYMENTS, created, format="json")
+    patch = client.patch(f"{DEPLOYMENTS}{acme_chat.pk}/", {"desired_replicas": 7}, format="json")
+    delete = client.delete(f"{DEPLOYMENTS}{acme_chat.pk}/")
+
+    assert [post.status_code, patch.status_code, delete.status_code] == [403, 403, 403]
+    assert "ops role (permission placements.add_deployment)" in post.json()["detail"]
+    assert "placements.change_deployment" in patch.json()["detail"]
+    acme_chat.refresh_from_db()
+    assert acme_chat.desired_replicas != 7
+    assert list(acme.deployments.values_list("name", flat=True)) == [acme_chat.name]
+    assert client.get(f"{DEPLOYMENTS}{acme_chat.pk}/").status_code == 200
+
+
+def test_ops_writes_customer_deployments(ops_client, acme, acme_chat):
+    created = {"name": "by-ops", "customer": "acme", "sku": "H100", "desired_replicas": 1}
+
+    assert ops_client.post(DEPLOYMENTS, created, format="json").status_code == 201
+    response = ops_client.patch(f"{DEPLOYMENTS}{acme_chat.pk}/", {"desired_replicas": 3}, format="json")
+    assert response.status_code == 200
+    acme_chat.refresh_from_db()
+    assert acme_chat.desired_replicas == 3
+
+
 def test_auditor_cannot_delete_deployment(auditor, acme_chat):
     deployment = acme_chat
     response = token_client(auditor).delete(f"{DEPLOYMENTS}{deployment.pk}/")
@@ -317,6 +347,7 @@ def test_grant_role_command(django_user_model, capsys):
     assert user.has_perm("compliance.view_auditevent")
     assert "nina now has the auditor role" in capsys.readouterr().out
     event = AuditEvent.objects.get(action="user.role_granted")
+    assert event.actor_label == f"{getpass.getuser()}@{socket.gethostname()} (manage.py grant_role)"
     assert event.subject_id == str(user.pk)
     assert event.reason == "Quarterly review."
     assert event.before == {"roles": [], "is_staff": False}

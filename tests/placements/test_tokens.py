@@ -95,6 +95,16 @@ def test_create_rejects_bad_fields(acme_client, body, field):
     assert not AuditEvent.objects.filter(action="api_token.created").exists()
 
 
+@pytest.mark.django_db
+def test_past_expiry_named_in_iso_8601(acme_client):
+    response = acme_client.post(TOKENS, {"name": "ci", "expires_at": "2001-01-01T00:00:00Z"}, format="json")
+
+    assert response.status_code == 400
+    assert response.data["expires_at"] == [
+        "2001-01-01T00:00:00+00:00 is not in the future: give a later time, or none for no expiry."
+    ]
+
+
 # Authentication.
 
 

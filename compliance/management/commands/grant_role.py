@@ -1,3 +1,6 @@
+import getpass
+import socket
+
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
@@ -26,7 +29,9 @@ class Command(BaseCommand):
             raise CommandError(f"User {username!r} not found. Create it first, for example with createsuperuser.")
         reason = reason.strip() or f"{'Revoked' if revoke else 'Granted'} with manage.py grant_role."
         change = revoke_role if revoke else grant_role
-        changed = change(user, role, actor="grant_role command", reason=reason)
+        # The command runs outside any web session: the actor is the account on the machine that ran it.
+        actor = f"{getpass.getuser()}@{socket.gethostname()} (manage.py grant_role)"
+        changed = change(user, role, actor=actor, reason=reason)
         verb = "no longer has" if revoke else "now has"
         if not changed:
             verb = "did not have" if revoke else "already had"

@@ -8,6 +8,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from compliance.roles import AUDITOR, COMPLIANCE, OPS, grant_role
 from fleet.builder import build_fleet
 from fleet.builtin import load_builtin_fleet
 from fleet.catalog import import_catalog, import_shared_catalogs
@@ -22,6 +23,14 @@ from placements.planning import current_plan, default_options, diff_plans, run_p
 from placements.report import format_plan, format_table
 
 REGIONS_FILE = Path("cloud-regions-jasonwilbur") / "regions_flat.csv"
+
+# (username, role or None for a superuser, what the user is for)
+DEMO_USERS = [
+    ("admin", None, "superuser"),
+    ("operator", OPS, "ops role"),
+    ("officer", COMPLIANCE, "compliance role"),
+    ("auditor", AUDITOR, "auditor role"),
+]
 
 
 class Command(BaseCommand):
@@ -193,10 +202,11 @@ class Command(BaseCommand):
             self.stdout.write(f"\nDemo finished in {time.monotonic() - started:.1f} s.")
             if headless:
                 return
-            password = self.ensure_operator()
+            password = self.ensure_demo_users()
+            users = ", ".join(f"{name} ({what})" for name, _, what in DEMO_USERS)
             self.stdout.write(
                 self.style.SUCCESS(
-                    f"\nAdmin: http://127.0.0.1:{port}/admin/  user: ops  password: {password}\n"
+                    f"\nAdmin: http://127.0.0.1:{port}/admin/\nUsers: {users}; password for each: {password}\n"
                     f"API docs: http://127.0.0.1:{port}/api/v1/docs/\nStop with Ctrl-C."
                 )
             )
@@ -299,13 +309,17 @@ class Command(BaseCommand):
         for line in explanation_lines(outcome.explanation):
             self.stdout.write(f"  {line}")
 
-    def ensure_operator(self) -> str:
+    def ensure_demo_users(self) -> str:
+        """Create or reset the demo's admin and one user per staff role; return their new password."""
         password = secrets.token_urlsafe(12)
-        user, _ = get_user_model().objects.get_or_create(username="ops", defaults={"is_staff": True})
-        user.is_staff = True
-        user.is_superuser = True
-        user.set_password(password)
-        user.save()
+        for username, role, _ in DEMO_USERS:
+            user, _ = get_user_model().objects.get_or_create(username=username)
+            user.is_staff = True
+            user.is_superuser = role is None
+            user.set_password(password)
+            user.save()
+            if role is not None:
+                grant_role(user, role, actor="mcm_demo", reason="Demo user for this role.")
         return password
 
 
