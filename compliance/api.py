@@ -1,5 +1,8 @@
 """Read-only API over the audit trail, for staff: filtered, paginated, and exported as CSV."""
 
+import csv
+import io
+
 import django_filters
 from django.db.models import Q
 from drf_spectacular.types import OpenApiTypes
@@ -65,7 +68,14 @@ class AuditEventCSVRenderer(renderers.BaseRenderer):
 
     def render(self, data, accepted_media_type=None, renderer_context=None):
         if isinstance(data, dict):
-            return "\n".join(f"{key},{value}" for key, value in data.items()) + "\n"
+            # An error: one "field,message" row per message, the messages as plain text.
+            out = io.StringIO()
+            writer = csv.writer(out)
+            writer.writerow(["field", "message"])
+            for key, value in data.items():
+                for message in value if isinstance(value, list) else [value]:
+                    writer.writerow([key, str(message)])
+            return out.getvalue()
         return ",".join(CSV_COLUMNS) + "\n"
 
 

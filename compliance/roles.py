@@ -1,9 +1,10 @@
 """Staff roles: Django groups whose permissions decide what a staff member may do in the API and the admin.
 
 - ``ops`` runs the fleet: cordons, uncordons and drains clusters, declares and clears outages, previews
-  and applies re-plans, and approves or rejects failovers. It reads the inventory, plans and the trail.
+  and applies re-plans, and approves or rejects failovers. It edits the Celery beat schedules (interval,
+  enabled, run now). It reads the inventory, plans, task runs and the trail.
 - ``compliance`` adds, changes and deletes placement locks, and reads the deployments and the trail.
-- ``auditor`` reads every MCM model, the audit trail included, and changes nothing.
+- ``auditor`` reads every MCM model, the audit trail included, and the beat schedules, and changes nothing.
 
 The groups are created or brought up to date after every ``migrate`` (``post_migrate``), so the
 definitions below are the source of truth: permissions added to a role group by hand are removed
@@ -46,6 +47,21 @@ LOCK_VIEW = "compliance.view_placementlock"
 DEPLOYMENT_ADD = "placements.add_deployment"
 DEPLOYMENT_CHANGE = "placements.change_deployment"
 DEPLOYMENT_DELETE = "placements.delete_deployment"
+# Revoking another user's API token, for example a customer's leaked one.
+TOKEN_REVOKE = "placements.change_apitoken"
+# Background work: task runs and background health, and the Celery beat schedules kept by django-celery-beat.
+TASK_RUN_VIEW = "tasks.view_taskrun"
+SCHEDULE_VIEW = "django_celery_beat.view_periodictask"
+# Change a schedule's interval, enable or disable it, or run it now.
+SCHEDULE_CHANGE = "django_celery_beat.change_periodictask"
+# Schedules share interval rows, so ops may add a new interval but not change one in place.
+SCHEDULE_VIEWS = (
+    SCHEDULE_VIEW,
+    "django_celery_beat.view_intervalschedule",
+    "django_celery_beat.view_crontabschedule",
+    "django_celery_beat.view_solarschedule",
+    "django_celery_beat.view_clockedschedule",
+)
 
 ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
     OPS: (
@@ -57,8 +73,13 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
         DEPLOYMENT_ADD,
         DEPLOYMENT_CHANGE,
         DEPLOYMENT_DELETE,
+        TOKEN_REVOKE,
         AUDIT_VIEW,
         LOCK_VIEW,
+        TASK_RUN_VIEW,
+        *SCHEDULE_VIEWS,
+        SCHEDULE_CHANGE,
+        "django_celery_beat.add_intervalschedule",
     ),
     COMPLIANCE: (
         LOCK_ADD,
@@ -72,7 +93,8 @@ ROLE_PERMISSIONS: dict[str, tuple[str, ...]] = {
         "fleet.view_provider",
         "fleet.view_region",
     ),
-    AUDITOR: (),
+    # The schedule models hold no secrets: the schedules ``setup_schedules`` creates pass no arguments.
+    AUDITOR: SCHEDULE_VIEWS,
 }
 
 # Apps whose every model ops may view besides the permissions above.
@@ -143,9 +165,11 @@ def grant_role(user, role: str, *, actor, reason: str) -> bool:
 
 
 def revoke_role(user, role: str, *, actor, reason: str) -> bool:
-    """Remove ``user`` from the role's group and record ``user.role_revoked``. Staff status stays.
+    """Remove ``user`` from the role's group and record ``user.role_revoked``.
 
-    Returns False and records nothing when the user does not have the role.
+    Staff status stays, except for a customer member left without a role: staff read every customer's
+    objects, so such a user goes back to being a customer only. Returns False and records nothing when
+    the user does not have the role.
     """
     check_role(role)
     before = {"roles": roles_of(user), "is_staff": user.is_staff}
@@ -153,6 +177,9 @@ def revoke_role(user, role: str, *, actor, reason: str) -> bool:
         return False
     with transaction.atomic():
         user.groups.remove(*Group.objects.filter(name=role))
+        if user.is_staff and not user.is_superuser and not roles_of(user) and user.customers.exists():
+            user.is_staff = False
+            user.save(update_fields=["is_staff"])
         after = {"roles": roles_of(user), "is_staff": user.is_staff}
         record_event(actor=actor, action="user.role_revoked", subject=user, reason=reason, before=before, after=after)
     clear_permission_cache(user)

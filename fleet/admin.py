@@ -2,12 +2,16 @@
 
 Cluster state changes and outages go through ``fleet.operations``: each admin action requests a
 reason on a confirmation page, so every change is audited and re-planned like the API's. The actions
-need the same permissions as the API's (the ops role, see ``compliance.roles``).
+need the same permissions as the API's (the ops role, see ``compliance.roles``). Draining or cordoning
+clusters and declaring an outage first show a dry-run preview of the re-plan (``fleet.admin_previews``).
 """
+
+from functools import partial
 
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
+from django.core.exceptions import PermissionDenied
 from django.db import models
 from django.db.models import Count, F, Q, Sum
 from django.db.models.functions import Coalesce
@@ -17,6 +21,7 @@ from django.utils.html import format_html_join
 
 from compliance.roles import OUTAGE_CLEAR
 from fleet import operations
+from fleet.admin_previews import cluster_action_preview, outage_preview_response
 from fleet.availability import AvailabilityReader
 from fleet.models import (
     Alert,
@@ -47,12 +52,16 @@ class ReasonForm(forms.Form):
             raise forms.ValidationError(error.message) from error
 
 
-def confirm_with_reason(modeladmin, request, queryset, *, title: str, description: str, operation, done: str):
+def confirm_with_reason(
+    modeladmin, request, queryset, *, title: str, description: str, operation, done: str, preview=None
+):
     """Run ``operation(row, actor=..., reason=...)`` on each selected row once the confirmation page has a reason.
 
-    Returns the confirmation page until a valid reason is posted, then None, so the admin goes back
-    to the changelist. A row the operation rejects (a ``ValueError``) is reported and skipped;
-    the others still change, each in its own transaction.
+    Returns the confirmation page until a valid reason is posted with its ``confirm`` button, then
+    None, so the admin goes back to the changelist. A row the operation rejects (a ``ValueError``)
+    is reported and skipped; the others still change, each in its own transaction. ``preview``, if
+    given, is called as ``preview(queryset, actor=...)`` each time the page is shown, and returns
+    context for the page, such as a dry-run plan's difference; it must change nothing.
     """
     form = ReasonForm(request.POST if request.POST.get("confirm") else None)
     if form.is_bound and form.is_valid():
@@ -78,6 +87,8 @@ def confirm_with_reason(modeladmin, request, queryset, *, title: str, descriptio
         "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
         "submit_label": title,
     }
+    if preview is not None:
+        context.update(preview(queryset, actor=request.user))
     return TemplateResponse(request, "admin/fleet/reason_action.html", context)
 
 
@@ -226,6 +237,7 @@ class ClusterAdmin(admin.ModelAdmin):
             description="No new replicas will be placed on these clusters; the replicas running there stay.",
             operation=operations.cordon,
             done="Cordoned",
+            preview=partial(cluster_action_preview, action="cordon"),
         )
 
     @admin.action(description="Uncordon: make the selected clusters active again", permissions=["change"])
@@ -251,6 +263,7 @@ class ClusterAdmin(admin.ModelAdmin):
             "elsewhere before the old ones stop.",
             operation=operations.drain,
             done="Draining",
+            preview=partial(cluster_action_preview, action="drain"),
         )
 
     def get_queryset(self, request):
@@ -388,6 +401,14 @@ class OutageDeclareForm(forms.ModelForm):
             "provider": "For a provider outage only.",
             "reason": "Why; stored in the audit trail with your user name.",
         }
+        # Name the field and the rejected value, as the API's errors do.
+        error_messages = {
+            "scope": {"invalid_choice": "scope %(value)r is not valid: choose cluster, region or provider."},
+            **{
+                scope: {"invalid_choice": f"{scope} %(value)r not found: choose one of the listed {scope}s."}
+                for scope in OutageScope.values
+            },
+        }
 
     def clean(self):
         cleaned = super().clean()
@@ -411,6 +432,7 @@ class OutageAdmin(admin.ModelAdmin):
     """Outages: staff declare one with the add form and clear it with the action; rows are never edited."""
 
     form = OutageDeclareForm
+    add_form_template = "admin/fleet/outage_add_form.html"
     list_display = ["__str__", "scope", "target", "source", "declared_by", "started_at", "cleared_at", "cleared_by"]
     list_filter = [OpenFilter, "scope", "source"]
     list_select_related = ["cluster", "region__provider", "provider"]
@@ -426,6 +448,19 @@ class OutageAdmin(admin.ModelAdmin):
     @admin.display(description="target")
     def target(self, outage):
         return outage.target
+
+    def add_view(self, request, form_url="", extra_context=None):
+        """Show a dry-run preview of a valid declaration; declare it only when the preview's ``confirm`` is posted.
+
+        An invalid form goes to the admin's add view, which shows the errors and saves nothing.
+        """
+        if request.method == "POST" and "confirm" not in request.POST:
+            if not self.has_add_permission(request):
+                raise PermissionDenied
+            form = self.get_form(request)(request.POST)
+            if form.is_valid():
+                return outage_preview_response(self, request, form)
+        return super().add_view(request, form_url, extra_context)
 
     def save_model(self, request, obj, form, change):
         data = form.cleaned_data

@@ -26,6 +26,7 @@ from kombu.exceptions import KombuError
 from compliance.services import record_event
 from fleet.health import record_push
 from fleet.models import CatalogOffer, Cluster, ClusterCapacity, ClusterEvent, EventKind, GpuSku
+from tasks.models import count_ingested_events
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +101,8 @@ def ingest_events(*, actor, batch: list[Any]) -> IngestResult:
     whose cluster already has its ``event_id`` is a duplicate and changes nothing, even if its
     content differs. After commit, one apply task per cluster with new events is enqueued.
     A rejected event with a valid cluster and sequence that leaves a gap in the cluster's stream
-    gets a ``waiting`` note (see ``_note_gaps``).
+    gets a ``waiting`` note (see ``_note_gaps``). The batch's counts by outcome are added to
+    ``tasks.models.EventIngestCount`` for the metrics endpoint.
     """
     started = time.perf_counter()
     results: list[EventResult | None] = [None] * len(batch)
@@ -149,14 +151,16 @@ def ingest_events(*, actor, batch: list[Any]) -> IngestResult:
     _note_gaps(batch, clusters, results)
 
     outcome = IngestResult([result for result in results if result is not None], cluster_ids)
+    accepted, duplicates, rejected = outcome.count(ACCEPTED), outcome.count(DUPLICATE), outcome.count(REJECTED)
+    count_ingested_events(accepted=accepted, duplicates=duplicates, rejected=rejected)
     logger.info(
         "ingested %s events from %s in %.1f ms: %s accepted, %s duplicates, %s rejected",
         len(batch),
         getattr(actor, "pk", actor),
         (time.perf_counter() - started) * 1000,
-        outcome.count(ACCEPTED),
-        outcome.count(DUPLICATE),
-        outcome.count(REJECTED),
+        accepted,
+        duplicates,
+        rejected,
     )
     return outcome
 

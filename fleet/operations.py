@@ -11,6 +11,7 @@ and changes nothing.
 """
 
 import logging
+from dataclasses import dataclass
 
 from django.db import transaction
 from django.utils import timezone
@@ -18,6 +19,7 @@ from django.utils import timezone
 from compliance.services import record_event
 from fleet.alerts import raise_alert, resolve_alert
 from fleet.models import Cluster, ClusterState, Outage, OutageScope, OutageSource, Provider, Region
+from placements.planning import Exclusions
 from placements.routing import schedule_route_refresh
 
 logger = logging.getLogger(__name__)
@@ -272,6 +274,25 @@ def outage_snapshot(outage: Outage) -> dict:
 
 # Re-plans: a preview that changes nothing, and an applied re-plan.
 
+# Maximum number of changed deployments a preview lists row by row, most replicas moved first.
+PREVIEW_DEPLOYMENT_LIMIT = 50
+
+
+@dataclass(frozen=True)
+class WhatIf(Exclusions):
+    """Exclusions of a dry run, and clusters that count as lost, as a declared cluster outage makes them."""
+
+    lost_clusters: frozenset[str] = frozenset()
+
+    def __bool__(self) -> bool:
+        return super().__bool__() or bool(self.lost_clusters)
+
+    def excludes(self, cluster: Cluster) -> bool:
+        return cluster.name in self.lost_clusters or super().excludes(cluster)
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {**super().as_dict(), "lost_clusters": sorted(self.lost_clusters)}
+
 
 def preview_replan(
     *,
@@ -280,20 +301,27 @@ def preview_replan(
     exclude_regions=(),
     drain_clusters=(),
     cordon_clusters=(),
+    lost_clusters=(),
 ) -> dict:
     """Run a dry-run plan with the given what-ifs and return how it differs from the current plan.
 
     Names are provider names, region codes or 'provider/code' keys, and cluster names; the caller
-    checks that they exist. The dry-run plan is stored (status dry_run) and audited, but nothing
-    is applied. The result contains replicas added and removed, the net change per provider and per
-    region, and unmet replicas per tier before (current plan) and after (the dry run).
+    checks that they exist. A lost cluster counts as under an outage: its replicas fail over as each
+    deployment's failover policy says. The dry-run plan is stored (status dry_run) and audited
+    (``plan.dry_run``), but nothing is applied. The result contains replicas added and removed in
+    total and per provider and region, the net change per provider and region, the deployments
+    changed, and unmet replicas per tier before (current plan) and after (the dry run).
     """
     from placements.models import PlanTrigger
     from placements.planning import diff_plans, run_plan
     from placements.services import current_plan
 
     exclusions = build_exclusions(
-        providers=exclude_providers, regions=exclude_regions, drain=drain_clusters, cordon=cordon_clusters
+        providers=exclude_providers,
+        regions=exclude_regions,
+        drain=drain_clusters,
+        cordon=cordon_clusters,
+        lost=lost_clusters,
     )
     before = current_plan()
     plan = run_plan(actor=actor, trigger=PlanTrigger.OPERATOR, dry_run=True, exclusions=exclusions)
@@ -302,6 +330,7 @@ def preview_replan(
     for location, delta in diff.by_location.items():
         provider = location.split("/", 1)[0]
         by_provider[provider] = by_provider.get(provider, 0) + delta
+    moves = replica_moves(before, plan)
     before_summary = before.summary if before is not None else {}
     return {
         "plan_id": plan.pk,
@@ -313,6 +342,9 @@ def preview_replan(
         "deployments_changed": diff.deployments_changed,
         "by_provider": {provider: delta for provider, delta in sorted(by_provider.items()) if delta},
         "by_region": diff.by_location,
+        "moved_by_provider": moves["by_provider"],
+        "moved_by_region": moves["by_region"],
+        "changed_deployments": moves["deployments"],
         "replicas_by_provider": {
             "before": before_summary.get("replicas_by_provider", {}),
             "after": plan.summary.get("replicas_by_provider", {}),
@@ -328,14 +360,92 @@ def preview_replan(
     }
 
 
-def build_exclusions(*, providers=(), regions=(), drain=(), cordon=()):
-    from placements.planning import Exclusions
+def replica_moves(before, after) -> dict:
+    """Count the replicas added and removed per provider, per region and per deployment between two plans.
 
-    return Exclusions(
+    ``before`` None counts every replica of ``after`` as added. Returns ``by_provider`` and
+    ``by_region`` ({name: {"added", "removed", "net"}}, only where a replica moved) and
+    ``deployments``: up to ``PREVIEW_DEPLOYMENT_LIMIT`` changed deployments, most replicas moved first.
+    """
+    from placements.planning import plan_placement, region_key
+
+    old, new = plan_placement(before), plan_placement(after)
+    cluster_ids = {key[1] for key in old} | {key[1] for key in new}
+    locations = {
+        pk: (provider, region_key(provider, code))
+        for pk, provider, code in Cluster.objects.filter(pk__in=cluster_ids).values_list(
+            "pk", "region__provider__name", "region__code"
+        )
+    }
+    by_provider: dict[str, dict[str, int]] = {}
+    by_region: dict[str, dict[str, int]] = {}
+    by_deployment: dict[int, dict[str, int]] = {}
+    for key in old.keys() | new.keys():
+        delta = new.get(key, 0) - old.get(key, 0)
+        if delta == 0:
+            continue
+        provider, region = locations[key[1]]
+        for totals, name in ((by_provider, provider), (by_region, region), (by_deployment, key[0])):
+            counts = totals.setdefault(name, {"added": 0, "removed": 0, "net": 0})
+            counts["added" if delta > 0 else "removed"] += abs(delta)
+            counts["net"] += delta
+    return {
+        "by_provider": dict(sorted(by_provider.items())),
+        "by_region": dict(sorted(by_region.items())),
+        "deployments": changed_deployment_rows(before, after, old, new, by_deployment),
+    }
+
+
+def changed_deployment_rows(before, after, old: dict, new: dict, moved: dict[int, dict[str, int]]) -> list[dict]:
+    """Describe the changed deployments with the most replicas moved, up to ``PREVIEW_DEPLOYMENT_LIMIT``.
+
+    ``old`` and ``new`` are the plans' placements, ``moved`` the replicas added and removed per
+    deployment id. Unmet replicas come from each plan's outcomes: None where a plan has none.
+    """
+    from placements.models import Deployment, DeploymentOutcome
+
+    listed = sorted(moved, key=lambda pk: (-moved[pk]["added"] - moved[pk]["removed"], pk))[:PREVIEW_DEPLOYMENT_LIMIT]
+    replicas_before: dict[int, int] = dict.fromkeys(listed, 0)
+    replicas_after: dict[int, int] = dict.fromkeys(listed, 0)
+    for placement, totals in ((old, replicas_before), (new, replicas_after)):
+        for (deployment_id, _cluster, _sku), replicas in placement.items():
+            if deployment_id in totals:
+                totals[deployment_id] += replicas
+    plans = [plan.pk for plan in (before, after) if plan is not None]
+    unmet = {
+        (plan_id, deployment_id): replicas
+        for plan_id, deployment_id, replicas in DeploymentOutcome.objects.filter(
+            plan_id__in=plans, deployment_id__in=listed
+        ).values_list("plan_id", "deployment_id", "unmet_replicas")
+    }
+    deployments = Deployment.objects.select_related("customer").in_bulk(listed)
+    before_id = before.pk if before is not None else None
+    rows = []
+    for pk in listed:
+        deployment = deployments.get(pk)
+        rows.append(
+            {
+                "deployment_id": pk,
+                "deployment": str(deployment) if deployment is not None else f"deployment {pk} (deleted)",
+                "tier": deployment.customer.tier if deployment is not None else None,
+                "replicas_before": replicas_before[pk],
+                "replicas_after": replicas_after[pk],
+                "replicas_added": moved[pk]["added"],
+                "replicas_removed": moved[pk]["removed"],
+                "unmet_before": unmet.get((before_id, pk)),
+                "unmet_after": unmet.get((after.pk, pk)),
+            }
+        )
+    return rows
+
+
+def build_exclusions(*, providers=(), regions=(), drain=(), cordon=(), lost=()) -> WhatIf:
+    return WhatIf(
         providers=frozenset(providers),
         regions=frozenset(regions),
         drain_clusters=frozenset(drain),
         cordon_clusters=frozenset(cordon),
+        lost_clusters=frozenset(lost),
     )
 
 

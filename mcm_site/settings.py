@@ -123,6 +123,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Serves STATIC_ROOT after collectstatic; with DEBUG=1 it also finds files in the apps, as runserver does.
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -164,7 +166,11 @@ else:
     DATABASES = {
         "default": dj_database_url.parse(
             env_required("DATABASE_URL", "for example postgres://postgres@127.0.0.1:5432/mcm, or MCM_EMBEDDED=1"),
-            conn_max_age=60,
+            # Seconds a connection is kept for the next request. 0 (the default) closes it after each request,
+            # because runserver starts a thread per request and each thread would keep its own connection.
+            # Under gunicorn's sync workers (one thread each), 60 saves a connect per request.
+            conn_max_age=int(os.environ.get("MCM_DB_CONN_MAX_AGE", "0")),
+            conn_health_checks=True,
         )
     }
 
@@ -184,7 +190,8 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "static"
+# Where collectstatic puts the files that WhiteNoise serves.
+STATIC_ROOT = Path(os.environ.get("MCM_STATIC_ROOT", BASE_DIR / "var" / "static"))
 
 # Celery. The embedded mode runs tasks in process; otherwise a broker URL is required.
 if MCM_EMBEDDED:
@@ -265,6 +272,8 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    # Django's own configuration gives the "django" logger a console handler too; one line per record is enough.
+    "loggers": {"django": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO"), "propagate": False}},
 }
 
 # Shared real-world data (catalogs, regions, traces); absent on a user's machine.
@@ -332,3 +341,13 @@ if MCM_EMBEDDED:
     MCM_ROUTES_REDIS_URL = None
 else:
     MCM_ROUTES_REDIS_URL = os.environ.get("MCM_ROUTES_REDIS_URL", CELERY_BROKER_URL)
+
+# Prometheus metrics at GET /metrics (mcm_site.metrics, docs/metrics.md). A scraper sends
+# "Authorization: Bearer <MCM_METRICS_TOKEN>"; signed-in staff may open the page without it.
+# Empty (the default): only staff sessions are accepted. Use a random value of at least 32 characters.
+MCM_METRICS_TOKEN = os.environ.get("MCM_METRICS_TOKEN", "").strip()
+if MCM_METRICS_TOKEN and len(MCM_METRICS_TOKEN) < 32:
+    raise ImproperlyConfigured(
+        f"MCM_METRICS_TOKEN is {len(MCM_METRICS_TOKEN)} characters long, which is too short: use a random value "
+        "of at least 32 characters, for example from `python -c 'import secrets; print(secrets.token_urlsafe(32))'`"
+    )

@@ -21,11 +21,13 @@ from django.utils.http import urlencode
 
 from compliance.admin import effective_lock_html
 from compliance.lock_services import check_regions
-from compliance.roles import FAILOVER_DECIDE, REPLAN
+from compliance.roles import FAILOVER_DECIDE, LOCK_DELETE, REPLAN
 from fleet import operations
 from fleet.admin import confirm_with_reason
+from fleet.admin_previews import diff_context
 from fleet.models import Cluster, Provider, Region
 from placements import failover
+from placements.admin_overview import overview_link, overview_view
 from placements.admin_routes import routes_link, routes_view
 from placements.api import POLICY_FIELDS, update_policy, validate_policy
 from placements.autoscaling_policy import INTEGER_RANGES, NUMBER_RANGES, error_key, validate_autoscaling
@@ -303,6 +305,7 @@ class DeploymentAdmin(admin.ModelAdmin):
         "current_explanation",
         "recent_scaling",
         "effective_lock",
+        overview_link,
         routes_link,
         "created_at",
         "updated_at",
@@ -310,7 +313,12 @@ class DeploymentAdmin(admin.ModelAdmin):
 
     def get_urls(self):
         routes = self.admin_site.admin_view(partial(routes_view, self))
-        return [path("<int:object_id>/routes/", routes, name="placements_deployment_routes"), *super().get_urls()]
+        overview = self.admin_site.admin_view(partial(overview_view, self))
+        return [
+            path("<int:object_id>/routes/", routes, name="placements_deployment_routes"),
+            path("<int:object_id>/overview/", overview, name="placements_deployment_overview"),
+            *super().get_urls(),
+        ]
 
     def get_queryset(self, request):
         outcomes = DeploymentOutcome.objects.filter(plan=current_plan(), deployment=OuterRef("pk"))
@@ -439,12 +447,21 @@ class DeploymentAdmin(admin.ModelAdmin):
         # The services saved the inline rows, so the formsets never recorded what they changed.
         return super().construct_change_message(request, form, [], add)
 
+    def has_delete_permission(self, request, obj=None):
+        # Deleting a deployment deletes its own locks, which only compliance staff may delete.
+        if obj is not None and obj.locks.exists() and not request.user.has_perm(LOCK_DELETE):
+            return False
+        return super().has_delete_permission(request, obj)
+
     def delete_model(self, request, obj):
         delete_deployment(actor=request.user, deployment=obj, reason="Deleted in the admin.")
 
     def delete_queryset(self, request, queryset):
         for deployment in queryset:
-            delete_deployment(actor=request.user, deployment=deployment, reason="Deleted in the admin.")
+            try:
+                delete_deployment(actor=request.user, deployment=deployment, reason="Deleted in the admin.")
+            except ValidationError as error:
+                self.message_user(request, " ".join(error.messages), messages.ERROR)
 
 
 # Plans, their assignments and outcomes: written only by the scheduler, so read-only here.
@@ -511,12 +528,6 @@ class ReplanPreviewForm(forms.Form):
             "drain_clusters": sorted(cluster.name for cluster in cleaned.get("drain_clusters") or []),
             "cordon_clusters": sorted(cluster.name for cluster in cleaned.get("cordon_clusters") or []),
         }
-
-
-def unmet_rows(preview: dict) -> list[tuple[str, int | None, int]]:
-    """Return (tier, unmet before, unmet after) rows of a re-plan preview, highest tier first."""
-    before, after = preview["unmet_by_tier"]["before"], preview["unmet_by_tier"]["after"]
-    return [(tier, before.get(tier), unmet) for tier, unmet in after.items()]
 
 
 def require_permission(request, permission: str) -> None:
@@ -589,19 +600,24 @@ class PlacementPlanAdmin(ReadOnlyAdmin):
                 form.add_error(error.field if error.field in form.fields else None, error.message)
         context = {
             **self.admin_site.each_context(request),
+            **diff_context(preview),
             "title": "Preview a re-plan",
             "opts": self.model._meta,
             "form": form,
-            "preview": preview,
-            "unmet_rows": unmet_rows(preview) if preview else [],
         }
         return TemplateResponse(request, "admin/placements/placementplan/preview.html", context)
 
     def apply_replan_view(self, request):
-        """Plan every deployment with the current state and apply the plan; POST only."""
+        """Preview a re-plan of the current state, then plan and apply it once ``confirm`` is posted; POST only.
+
+        The applied plan is solved again at apply time: a stored dry-run plan is never applied, because
+        applying also writes failover requests and conditions from the state read under the scheduler lock.
+        """
         require_permission(request, REPLAN)
         if request.method != "POST":
             return HttpResponseRedirect(reverse("admin:placements_placementplan_preview"))
+        if "confirm" not in request.POST:
+            return self.apply_replan_confirmation(request)
         try:
             plan = operations.apply_replan(actor=request.user)
         except ValueError as error:
@@ -613,7 +629,47 @@ class PlacementPlanAdmin(ReadOnlyAdmin):
             f"{plan.summary.get('unmet_replicas')} unmet. Its execution is enqueued.",
             messages.SUCCESS,
         )
+        self.report_difference_from_preview(request, plan, request.POST.get("previewed_plan"))
         return HttpResponseRedirect(reverse("admin:placements_placementplan_change", args=[plan.pk]))
+
+    def apply_replan_confirmation(self, request):
+        """Render the dry-run preview of a re-plan without what-ifs, with the button that applies it."""
+        try:
+            preview = operations.preview_replan(actor=request.user)
+        except ValueError as error:
+            self.message_user(request, f"The preview failed: {error}", messages.ERROR)
+            preview = None
+        context = {
+            **self.admin_site.each_context(request),
+            **diff_context(preview),
+            "title": "Apply a re-plan",
+            "opts": self.model._meta,
+        }
+        return TemplateResponse(request, "admin/placements/placementplan/apply_replan.html", context)
+
+    def report_difference_from_preview(self, request, plan, previewed_id) -> None:
+        """Report whether the applied plan places every replica as the dry run the operator confirmed; warn if not."""
+        from placements.models import PlanStatus
+        from placements.planning import diff_plans
+
+        if not (previewed_id or "").isdigit():
+            return
+        previewed = PlacementPlan.objects.filter(pk=previewed_id, status=PlanStatus.DRY_RUN).first()
+        if previewed is None:
+            return
+        diff = diff_plans(previewed, plan)
+        if diff.added or diff.removed:
+            self.message_user(
+                request,
+                f"Plan v{plan.version} differs from the previewed dry run v{previewed.version}: {diff.added} replicas "
+                f"added and {diff.removed} removed in {diff.deployments_changed} deployments, usually because the "
+                "fleet or the deployments changed after the preview.",
+                messages.WARNING,
+            )
+        else:
+            self.message_user(
+                request, f"Plan v{plan.version} places every replica as the previewed dry run v{previewed.version}."
+            )
 
     @admin.display(description="replicas by provider and region")
     def placement_by_location(self, plan):

@@ -314,6 +314,9 @@ def resolve_customer(user, requested: str | None) -> Customer:
                 {"customer": [f"Customer {requested!r} not found among the customers your account belongs to."]}
             )
         return customer
+    if user.is_staff:
+        message = "Staff must set customer to the name of the deployment's customer."
+        raise serializers.ValidationError({"customer": [message]})
     candidates = list(customers.order_by("name")[:2])
     if len(candidates) == 1:
         return candidates[0]

@@ -82,7 +82,10 @@ class ApiTokenViewSet(
     def destroy(self, request, *args, **kwargs):
         token = self.get_object()
         if not can_revoke(request.user, token):
-            raise PermissionDenied(f"Token {token.prefix} belongs to another user; revoking it needs change_apitoken.")
+            raise PermissionDenied(
+                f"Token {token.prefix} belongs to another user; "
+                "revoking it needs the ops role (permission placements.change_apitoken)."
+            )
         reason = RevokeSerializer(data=request.data) if request.data else None
         if reason is not None:
             reason.is_valid(raise_exception=True)

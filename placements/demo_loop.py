@@ -258,15 +258,28 @@ def tick() -> None:
     from placements.models import PlanTrigger
     from placements.planning import run_plan
     from placements.services import current_plan
+    from tasks.runs import recorded_run
 
-    collect_many(list(executable_clusters().values_list("pk", flat=True)))
-    if evaluate_health().replan_needed:
+    # Each step is recorded as a task run under its Celery task's name, so the admin's task runs and
+    # background health pages show the in-process loop as they show the worker.
+    with recorded_run("collect_telemetry") as set_summary:
+        snapshots = collect_many(list(executable_clusters().values_list("pk", flat=True)))
+        set_summary({"clusters": len(snapshots)})
+    with recorded_run("evaluate_health") as set_summary:
+        replan_needed = evaluate_health().replan_needed
+        set_summary({"replan_needed": replan_needed})
+    if replan_needed:
         run_plan(actor="control loop", trigger=PlanTrigger.HEALTH)
     # In embedded mode the re-plan this enqueues runs at once, in this call.
-    expire_requests()
+    with recorded_run("expire_failover_requests"):
+        expire_requests()
     # Plans when any deployment's desired replicas changed; the execution pass below applies it.
-    autoscale_pass()
+    with recorded_run("autoscale"):
+        autoscale_pass()
     plan = current_plan()
     if plan is not None:
-        execute_plan(plan.pk)
-    reconcile()
+        with recorded_run("execute_plan") as set_summary:
+            execute_plan(plan.pk)
+            set_summary({"plan": plan.version})
+    with recorded_run("reconcile_clusters"):
+        reconcile()

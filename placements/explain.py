@@ -96,7 +96,13 @@ def explain_for_customer(deployment: Deployment) -> dict:
     }
     if not stored or not isinstance(stored.get("chosen"), list):
         # Plans stored before the scheduler wrote its explanation as lists have nothing to word.
-        answer["summary"] = "No plan has placed this deployment yet: it is placed at the next planning run."
+        if outcome is None:
+            answer["summary"] = "No plan has placed this deployment yet: it is placed at the next planning run."
+        else:
+            answer["summary"] = (
+                f"Plan v{plan.version} places {outcome.placed_replicas} of its replicas but stored no reasons; "
+                "the next planning run explains its choices."
+            )
         return answer
 
     names = {item["cluster"] for item in stored["chosen"]}
@@ -178,7 +184,8 @@ def _unused_sentence(group: dict, clusters: dict[str, Cluster]) -> str:
     if reason == "locked_out":
         match = LOCK_MESSAGE.match(message)
         if match:
-            return f"not allowed by your lock '{match['reason']}' ({match['subject']}): it requires {match['rule']}."
+            whose = "the platform's lock" if match["subject"] == "the platform" else "your lock"
+            return f"not allowed by {whose} '{match['reason']}' ({match['subject']}): it requires {match['rule']}."
         return "not allowed by a placement lock on this deployment or its customer."
     if reason == "wrong_sku":
         return f"no {message.removeprefix('offers none of ')} GPUs there."

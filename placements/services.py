@@ -29,7 +29,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import validate_slug
 from django.db import transaction
 
-from compliance.lock_services import check_regions
+from compliance.lock_services import check_regions, delete_lock, describe
+from compliance.roles import LOCK_DELETE
 from compliance.services import record_event
 from fleet.models import GpuSku, Region
 from placements.autoscaling_policy import autoscaled_desired, check_replicas, save_autoscaling, validate_autoscaling
@@ -390,6 +391,21 @@ def delete_deployment(*, actor, deployment: Deployment, reason: str = "") -> Non
         before = deployment_snapshot(deployment)
         subject = (Deployment._meta.label_lower, deployment.pk)
         label = str(deployment)
+        # A deployment's own locks go with it, so deleting it is a lock deletion: only compliance may, and it is
+        # recorded in each lock's history. Otherwise deleting and re-creating a deployment would shed its lock.
+        own_locks = list(deployment.locks.select_related("customer", "deployment__customer"))
+        if own_locks and not (isinstance(actor, str) or actor.has_perm(LOCK_DELETE)):
+            names = "; ".join(describe(lock) for lock in own_locks)
+            raise ValidationError(
+                {
+                    "deployment": [
+                        f"Deployment {label} has its own lock ({names}), and deleting the deployment would delete it. "
+                        "Ask compliance staff to delete the lock first."
+                    ]
+                }
+            )
+        for lock in own_locks:
+            delete_lock(actor=actor, lock=lock, reason=reason or f"Deployment {label} was deleted.")
         deployment.delete()
         record_event(actor=actor, action="deployment.deleted", subject=subject, reason=reason, before=before)
     logger.info("Deleted deployment %s (id %s)", label, subject[1])

@@ -60,6 +60,8 @@ def test_production_environment_passes_the_deploy_check():
         ({"SECURE_SSL_REDIRECT": "0"}, "security.W008"),
         ({"SESSION_COOKIE_SECURE": "0"}, "security.W012"),
         ({"MCM_HTTPS": "0"}, "security.W004"),
+        ({"MCM_CREDENTIALS_KEYS": ""}, "fleet.W001"),
+        ({"MCM_CREDENTIALS_KEYS": "not-a-key"}, "fleet.E001"),
     ],
 )
 def test_weak_settings_fail_the_deploy_check_naming_it(overrides, check_id):

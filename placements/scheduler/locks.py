@@ -36,7 +36,7 @@ def describe_lock_rule(lock: LockInput, kind: str) -> str:
     if kind == PROVIDER:
         return "provider in " + ", ".join(sorted(lock.allowed_providers or ()))
     if kind == EXCLUDED_PROVIDER:
-        return "provider not in " + ", ".join(sorted(lock.excluded_providers))
+        return "a provider other than " + ", ".join(sorted(lock.excluded_providers))
     if kind == CAPABILITY:
         return "capabilities " + ", ".join(sorted(lock.required_capabilities))
     raise ValueError(f"unknown lock violation kind {kind!r}; expected one of {VIOLATION_KINDS}")

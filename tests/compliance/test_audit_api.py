@@ -186,3 +186,10 @@ def test_audit_events_in_schema(ops_client):
     assert "/api/v1/audit-events/" in paths
     assert "/api/v1/audit-events/export/" in paths
     assert "text/csv" in paths["/api/v1/audit-events/export/"]["get"]["responses"]["200"]["content"]
+
+
+def test_export_bad_filter_names_field(ops_client, events):
+    response = ops_client.get(EXPORT_URL, {"since": "bad"})
+
+    assert response.status_code == 400
+    assert response.content.decode().splitlines() == ["field,message", "since,Enter a valid date/time."]

@@ -7,7 +7,7 @@ from compliance.lock_services import create_lock, delete_lock, effective_lock, u
 from compliance.locks import locks_by_subject
 from compliance.models import AuditEvent, LockChange, PlacementLock
 from placements.models import Deployment
-from placements.services import create_deployment, update_deployment
+from placements.services import create_deployment, delete_deployment, update_deployment
 
 pytestmark = pytest.mark.django_db
 
@@ -166,3 +166,33 @@ def test_stored_preference_does_not_block_other_updates(fleet, acme_chat, acme_m
     with pytest.raises(ValidationError) as error:
         update_deployment(actor=acme_member, deployment=acme_chat, data={"region_preference": ["aws/us-east-1"]})
     assert "Region aws/us-east-1 is forbidden" in messages(error)["region_preference"]
+
+
+def test_customer_cannot_shed_lock_by_deleting(fleet, acme_chat, acme_member, compliance_officer):
+    lock = create_lock(
+        actor=compliance_officer,
+        data={"deployment": acme_chat, "allowed_regions": ["aws/eu-west-1"], "reason": "One region."},
+    )
+
+    with pytest.raises(ValidationError) as error:
+        delete_deployment(actor=acme_member, deployment=acme_chat)
+
+    assert f"deployment lock {lock.pk} on deployment acme/chat" in messages(error)["deployment"]
+    assert Deployment.objects.filter(pk=acme_chat.pk).exists()
+    assert PlacementLock.objects.filter(pk=lock.pk).exists()
+    assert not AuditEvent.objects.filter(action__in=["deployment.deleted", "lock.deleted"]).exists()
+
+
+def test_compliance_deletes_locked_deployment_with_history(fleet, acme_chat, compliance_officer):
+    lock = create_lock(
+        actor=compliance_officer,
+        data={"deployment": acme_chat, "allowed_regions": ["aws/eu-west-1"], "reason": "One region."},
+    )
+
+    delete_deployment(actor=compliance_officer, deployment=acme_chat, reason="Contract ended.")
+
+    assert not PlacementLock.objects.filter(pk=lock.pk).exists()
+    change = LockChange.objects.get(lock_pk=lock.pk, action="deleted")
+    assert change.reason == "Contract ended."
+    assert AuditEvent.objects.filter(action="lock.deleted", subject_id=str(lock.pk)).exists()
+    assert AuditEvent.objects.filter(action="deployment.deleted").exists()

@@ -9,7 +9,7 @@ from django.core.management import CommandError, call_command
 from django.urls import reverse
 
 from compliance.models import AuditEvent, PlacementLock
-from compliance.roles import AUDITOR, COMPLIANCE, OPS, ROLE_NAMES, ensure_roles, grant_role
+from compliance.roles import AUDITOR, COMPLIANCE, OPS, ROLE_NAMES, ensure_roles, grant_role, revoke_role
 from fleet.models import ClusterState, Outage
 from tests.conftest import token_client
 
@@ -383,3 +383,22 @@ def test_grant_role_unknown_role(django_user_model):
     with pytest.raises(ValueError, match="Unknown role 'root'"):
         grant_role(user, "root", actor="test", reason="x")
     assert not user.groups.exists()
+
+
+def test_revoking_last_role_unstaffs_customer_member(acme_member):
+    grant_role(acme_member, OPS, actor="test", reason="Helps on call.")
+    revoke_role(acme_member, OPS, actor="test", reason="Back to customer work.")
+
+    acme_member.refresh_from_db()
+    assert acme_member.is_staff is False
+    event = AuditEvent.objects.get(action="user.role_revoked")
+    assert event.after == {"roles": [], "is_staff": False}
+
+
+def test_revoking_last_role_keeps_staff_of_employee(django_user_model):
+    user = staff_with_role(django_user_model, "emma", OPS)
+
+    revoke_role(user, OPS, actor="test", reason="Moved teams.")
+
+    user.refresh_from_db()
+    assert user.is_staff is True

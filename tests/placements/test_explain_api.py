@@ -51,7 +51,8 @@ def test_explain_groups_unused_clusters_in_customer_terms(acme_client, acme_chat
     locked = groups["locked_out"]
     assert locked["clusters"] == ["gcp-usw4-a"]
     assert locked["sentence"] == (
-        "not allowed by your lock 'No Google Cloud (contract 4.2)' (customer acme): it requires provider not in gcp."
+        "not allowed by your lock 'No Google Cloud (contract 4.2)' (customer acme): "
+        "it requires a provider other than gcp."
     )
     assert groups["not_schedulable"]["clusters"] == ["aws-use1-b"]
     assert groups["not_schedulable"]["sentence"].startswith("cordoned by operators")
@@ -123,3 +124,12 @@ def test_explain_is_in_the_openapi_schema(ops_client):
     operation = paths["/api/v1/deployments/{id}/explain/"]["get"]
     schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
     assert schema["$ref"].endswith("/DeploymentExplain")
+
+
+def test_explain_outcome_without_reasons(acme_client, acme_chat, applied_plan):
+    body = acme_client.get(explain_url(acme_chat)).data
+
+    assert body["plan_version"] == 1
+    assert body["summary"] == (
+        "Plan v1 places 3 of its replicas but stored no reasons; the next planning run explains its choices."
+    )

@@ -12,6 +12,7 @@ from rest_framework.test import APIClient
 from compliance.models import AuditEvent
 from placements.models import ApiToken
 from placements.tokens import create_api_token, revoke_api_token, token_digest
+from tests.conftest import token_client
 
 TOKENS = "/api/v1/tokens/"
 DEPLOYMENTS = "/api/v1/deployments/"
@@ -203,13 +204,26 @@ def test_second_revoke_changes_nothing(acme_client, acme_token):
 
 
 @pytest.mark.django_db
-def test_staff_without_permission_cannot_revoke(ops_client, acme_token):
+def test_staff_without_permission_cannot_revoke(django_user_model, acme_token):
     token, _raw = acme_token
-    assert ops_client.get(f"{TOKENS}{token.pk}/").status_code == 200
-    response = ops_client.delete(f"{TOKENS}{token.pk}/")
+    client = token_client(django_user_model.objects.create_user(username="sam", is_staff=True))
+    assert client.get(f"{TOKENS}{token.pk}/").status_code == 200
+    response = client.delete(f"{TOKENS}{token.pk}/")
     assert response.status_code == 403
+    assert "needs the ops role (permission placements.change_apitoken)" in response.json()["detail"]
     token.refresh_from_db()
     assert token.revoked_at is None
+
+
+@pytest.mark.django_db
+def test_ops_revokes_customer_token(ops_client, acme_token):
+    token, _raw = acme_token
+    response = ops_client.delete(f"{TOKENS}{token.pk}/", {"reason": "Leaked in a public repository."}, format="json")
+    assert response.status_code == 204
+    token.refresh_from_db()
+    assert token.revoked_at is not None
+    event = AuditEvent.objects.get(action="api_token.revoked")
+    assert event.actor_label == "ops"
 
 
 @pytest.mark.django_db
