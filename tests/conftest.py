@@ -1,6 +1,7 @@
 """Shared fixtures: named personas and a small fleet.
 
 Personas: ``ops`` (an ops engineer, staff with the ops role), ``compliance_officer`` (staff who may edit locks),
+``auditor`` (staff with the read-only auditor role),
 and two customers, ``acme`` and ``globex``, each with one member user and a DRF token.
 The fleet has 2 providers, 3 regions, 4 clusters and two SKUs, H100 and L4.
 """
@@ -37,6 +38,29 @@ def ops(django_user_model):
     user = django_user_model.objects.create_user(username="ops", is_staff=True)
     user.groups.add(Group.objects.get(name="ops"))
     return user
+
+
+@pytest.fixture
+def auditor(django_user_model):
+    user = django_user_model.objects.create_user(username="audrey", is_staff=True)
+    user.groups.add(Group.objects.get(name="auditor"))
+    return user
+
+
+@pytest.fixture
+def broker():
+    """The Redis database of the test broker, with the Celery queue keys emptied before and after."""
+    import redis
+
+    from mcm_site.celery import app
+    from tasks.health import queue_keys
+
+    client = redis.Redis.from_url(app.conf.broker_url)
+    keys = queue_keys(app)
+    client.delete(*keys)
+    yield client
+    client.delete(*keys)
+    client.close()
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -44,13 +43,6 @@ pytestmark = pytest.mark.django_db
 
 INDEX = "/admin/"
 FRAGMENT = "/admin/dashboard/fragment/"
-
-
-@pytest.fixture
-def auditor(django_user_model):
-    user = django_user_model.objects.create_user(username="auditor", is_staff=True)
-    user.groups.add(Group.objects.get(name="auditor"))
-    return user
 
 
 @pytest.fixture

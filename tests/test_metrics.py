@@ -6,7 +6,6 @@ import sys
 from datetime import timedelta
 
 import pytest
-import redis
 from django.contrib.auth.models import Group
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -16,7 +15,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from compliance.roles import AUDITOR
 from compliance.services import record_event
 from fleet.models import ClusterHealth, Outage, OutageScope, OutageSource, TelemetrySnapshot, TelemetrySource
-from mcm_site.celery import app
 from placements.models import (
     DriftRecord,
     ExecutionStep,
@@ -29,7 +27,6 @@ from placements.models import (
     StepPhase,
     StepStatus,
 )
-from tasks import health
 from tasks.models import TaskRunStatus
 from tests.conftest import token_client
 from tests.tasks.conftest import make_run, make_schedule
@@ -44,16 +41,6 @@ TOKEN = "metrics-test-token-0123456789abcdef"
 def metrics_token(settings):
     settings.MCM_METRICS_TOKEN = TOKEN
     return TOKEN
-
-
-@pytest.fixture
-def broker():
-    client = redis.Redis.from_url(app.conf.broker_url)
-    keys = health.queue_keys(app)
-    client.delete(*keys)
-    yield client
-    client.delete(*keys)
-    client.close()
 
 
 def scrape(client, **headers) -> dict:

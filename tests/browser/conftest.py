@@ -12,9 +12,6 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
-from django.contrib.auth.models import Group
-
-from compliance.roles import AUDITOR
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Milliseconds a browser step waits for an element or a page load before the test fails.
@@ -130,10 +127,3 @@ def login(page):
         return page
 
     return log_in
-
-
-@pytest.fixture
-def auditor(django_user_model):
-    user = django_user_model.objects.create_user(username="audrey", is_staff=True)
-    user.groups.add(Group.objects.get(name=AUDITOR))
-    return user

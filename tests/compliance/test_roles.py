@@ -31,11 +31,6 @@ def staff_with_role(django_user_model, username: str, role: str | None):
 
 
 @pytest.fixture
-def auditor(django_user_model):
-    return staff_with_role(django_user_model, "audrey", AUDITOR)
-
-
-@pytest.fixture
 def plain_staff(django_user_model):
     return staff_with_role(django_user_model, "sam", None)
 

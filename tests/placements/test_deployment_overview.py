@@ -30,13 +30,6 @@ def routes_from_database(settings):
 
 
 @pytest.fixture
-def auditor(django_user_model):
-    user = django_user_model.objects.create_user(username="auditor", is_staff=True)
-    user.groups.add(Group.objects.get(name="auditor"))
-    return user
-
-
-@pytest.fixture
 def compliance_role(django_user_model):
     user = django_user_model.objects.create_user(username="compliance-role", is_staff=True)
     user.groups.add(Group.objects.get(name="compliance"))

@@ -3,11 +3,9 @@
 from datetime import timedelta
 
 import pytest
-import redis
 from django.utils import timezone
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
-from mcm_site.celery import app
 from tasks import health
 from tasks.models import TaskRun
 
@@ -28,17 +26,6 @@ def make_run(task_name: str, status: str, *, ago_s: float, error: str = "", summ
     TaskRun.objects.filter(pk=run.pk).update(started_at=started_at)
     run.refresh_from_db()
     return run
-
-
-@pytest.fixture
-def broker():
-    """The Redis database of the test broker, with the Celery queue keys emptied before and after."""
-    client = redis.Redis.from_url(app.conf.broker_url)
-    keys = health.queue_keys(app)
-    client.delete(*keys)
-    yield client
-    client.delete(*keys)
-    client.close()
 
 
 @pytest.fixture

@@ -14,13 +14,6 @@ CHANGELIST = "admin:django_celery_beat_periodictask_changelist"
 
 
 @pytest.fixture
-def auditor(django_user_model):
-    user = django_user_model.objects.create_user(username="audrey", is_staff=True)
-    user.groups.add(Group.objects.get(name=AUDITOR))
-    return user
-
-
-@pytest.fixture
 def reconcile():
     return make_schedule("reconcile clusters", "placements.reconcile_clusters", 15, expire_seconds=15)
 
