@@ -190,7 +190,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-# Where collectstatic puts the files that WhiteNoise serves.
+# Folder that collectstatic fills and WhiteNoise serves.
 STATIC_ROOT = Path(os.environ.get("MCM_STATIC_ROOT", BASE_DIR / "var" / "static"))
 
 # Celery. The embedded mode runs tasks in process; otherwise a broker URL is required.

@@ -184,8 +184,8 @@ def _unused_sentence(group: dict, clusters: dict[str, Cluster]) -> str:
     if reason == "locked_out":
         match = LOCK_MESSAGE.match(message)
         if match:
-            whose = "the platform's lock" if match["subject"] == "the platform" else "your lock"
-            return f"not allowed by {whose} '{match['reason']}' ({match['subject']}): it requires {match['rule']}."
+            owner = "the platform's lock" if match["subject"] == "the platform" else "your lock"
+            return f"not allowed by {owner} '{match['reason']}' ({match['subject']}): it requires {match['rule']}."
         return "not allowed by a placement lock on this deployment or its customer."
     if reason == "wrong_sku":
         return f"no {message.removeprefix('offers none of ')} GPUs there."
