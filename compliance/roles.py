@@ -231,8 +231,8 @@ CanViewAuditTrail = requires_permission(AUDIT_VIEW, f"{AUDITOR}, {COMPLIANCE} or
 class StaffWritesNeedModelPermission(BasePermission):
     """Make staff members hold the model permission of a write; customers pass, scoped by the queryset.
 
-    A customer writes only rows of their own customers, which the view's queryset ensures. A staff
-    member sees every customer's rows, so a write needs ``add_``, ``change_`` or ``delete_`` of the model.
+    A customer writes only rows of their own customers, which the view's queryset ensures. Staff read
+    every customer's rows, so a staff write needs ``add_``, ``change_`` or ``delete_`` of the model.
     """
 
     ACTIONS = {"POST": "add", "PUT": "change", "PATCH": "change", "DELETE": "delete"}
