@@ -345,7 +345,25 @@ def _write(lock: PlacementLock, cleaned: dict) -> None:
     lock.excluded_providers.set(cleaned["excluded_providers"])
 
 
-def _record(*, actor, action: str, lock_pk: int, lock, reason: str, before, after) -> None:
+def record_seeded_lock(*, actor, lock: PlacementLock) -> None:
+    """Record a lock that seeding code wrote directly, with its history row and audit event.
+
+    Requests no re-plan, because seeding plans the whole fleet afterwards. Other code creates locks
+    with ``create_lock``, which also checks them against the hierarchy.
+    """
+    _record(
+        actor=actor,
+        action="created",
+        lock_pk=lock.pk,
+        lock=lock,
+        reason=lock.reason,
+        before=None,
+        after=lock_snapshot(lock),
+        replan=False,
+    )
+
+
+def _record(*, actor, action: str, lock_pk: int, lock, reason: str, before, after, replan: bool = True) -> None:
     user, label = (
         (None, actor or "system") if isinstance(actor, str) or actor is None else (actor, actor.get_username())
     )
@@ -369,7 +387,8 @@ def _record(*, actor, action: str, lock_pk: int, lock, reason: str, before, afte
     )
     # Replicas that already run where the changed lock forbids move at this re-plan, not at the next
     # scheduled one. Until then the executor rejects new writes outside the lock.
-    transaction.on_commit(_request_replan)
+    if replan:
+        transaction.on_commit(_request_replan)
 
 
 def _request_replan() -> None:

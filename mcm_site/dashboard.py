@@ -45,6 +45,9 @@ STALE_AFTER_INTERVALS = 3
 # Rows listed per table before the table links to the filtered changelist.
 ROW_LIMIT = 50
 LATEST_DECISIONS = 15
+# Routine records of carrying out a decision: one per step and repair, so they would crowd out the decisions.
+# The audit trail keeps them; the panel links to it.
+ROUTINE_ACTIONS = ("execution_step.executed", "execution.prepared", "drift.repaired")
 
 # Permissions each section needs; a superuser has all of them.
 SECTION_PERMISSIONS = {
@@ -415,12 +418,18 @@ def pending_failovers() -> tuple[list[FailoverRequest], bool]:
 
 def latest_decisions(user) -> list[dict]:
     """Return the newest audit events with a link to their subject where the admin has a page for it."""
-    events = AuditEvent.objects.visible_to(user).order_by("-created_at", "-id")[:LATEST_DECISIONS]
+    events = (
+        AuditEvent.objects.visible_to(user)
+        .exclude(action__in=ROUTINE_ACTIONS)
+        .order_by("-created_at", "-id")[:LATEST_DECISIONS]
+    )
     return [{"event": event, "subject_url": subject_url(event.subject_type, event.subject_id)} for event in events]
 
 
 def subject_url(subject_type: str, subject_id: str) -> str | None:
     """Return the admin page of an audit subject: a deployment's overview, or a model's change page."""
+    if not subject_id.isdigit():
+        return None  # a subject such as "*" (every deployment) has no page
     if subject_type == "placements.deployment":
         return reverse("admin:placements_deployment_overview", args=[subject_id])
     app_label, _, model_name = subject_type.partition(".")
@@ -454,4 +463,5 @@ def background_health(now: datetime) -> dict:
         "late": late,
         "disabled": [status for status in statuses if not status.enabled],
         "backlog": backlog,
+        "embedded": settings.MCM_EMBEDDED,
     }

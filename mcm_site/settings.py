@@ -158,8 +158,11 @@ if MCM_EMBEDDED:
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": EMBEDDED_DIR / "mcm.sqlite3",
-            # The demo's admin server and its planning command share the file.
-            "OPTIONS": {"timeout": 30},
+            # The demo's admin server and its control loop write to the file from two threads. A transaction
+            # that starts as a read and then writes fails at once with "database is locked" when the other
+            # thread writes, whatever the timeout, so every transaction takes the write lock when it
+            # begins (IMMEDIATE) and waits up to the timeout for it. WAL lets reads go on meanwhile.
+            "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
         }
     }
 else:

@@ -17,6 +17,7 @@ from pathlib import Path
 from django.db import transaction
 from django.db.models import F, Sum
 
+from compliance.lock_services import record_seeded_lock
 from compliance.models import PlacementLock
 from compliance.services import record_event
 from fleet.models import ClusterCapacity, GpuSku, Provider, Region
@@ -198,7 +199,7 @@ def seed_demo(*, count: int = 240, seed: int = 7, target_utilisation: float = 0.
                 deployment=deployment, reason="Latency contract: served only from the two regions nearest its users."
             )
             lock.allowed_regions.set(nearest[:2])
-            record_event(actor="demo", action="lock.created", subject=lock, reason=lock.reason)
+            record_seeded_lock(actor="demo", lock=lock)
         created += 1
 
     add_customer_locks(customers, providers)
@@ -266,7 +267,7 @@ def add_customer_locks(customers: dict, providers: list[str]) -> None:
             lock = PlacementLock.objects.create(customer=customer, reason="Vendor policy: approved providers only.")
             allowed = [name for name in ("aws", "gcp", "azure") if name in providers] or providers[:2]
             lock.allowed_providers.set(Provider.objects.filter(name__in=allowed))
-        record_event(actor="demo", action="lock.created", subject=lock, reason=lock.reason)
+        record_seeded_lock(actor="demo", lock=lock)
 
 
 def provider_region_counts() -> dict[str, int]:

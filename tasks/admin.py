@@ -2,6 +2,7 @@
 
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
@@ -87,6 +88,7 @@ class TaskRunAdmin(ReadOnlyRunAdmin):
             "rows": rows,
             "late": [row["status"].name for row in rows if row["status"].late],
             "backlog": queue_backlog(),
+            "embedded": settings.MCM_EMBEDDED,
             "changelist_url": reverse("admin:tasks_taskrun_changelist"),
         }
         return TemplateResponse(request, "admin/tasks/taskrun/health.html", context)

@@ -447,6 +447,28 @@ def test_latest_decisions_lists_newest_fifteen(superuser_client, applied_plan, a
     assert reverse("admin:placements_deployment_overview", args=[acme_chat.pk]) in listing
 
 
+def test_latest_decisions_leave_out_routine_steps(superuser_client, applied_plan, acme_chat):
+    record_event(actor="ops", action="cluster.draining", subject=("fleet.cluster", 1), reason="Maintenance.")
+    for _ in range(20):
+        record_event(actor="executor", action="execution_step.executed", subject=acme_chat)
+
+    listing = section(superuser_client.get(INDEX).content.decode(), "latest-decisions")
+
+    actions = re.findall(r'data-action="([^"]+)"', listing)
+    assert "cluster.draining" in actions
+    assert "execution_step.executed" not in actions
+
+
+def test_decision_about_every_deployment_has_no_link(superuser_client, applied_plan):
+    record_event(actor="demo", action="demo.seeded", subject=("placements.deployment", "*"))
+
+    response = superuser_client.get(INDEX)
+
+    assert response.status_code == 200
+    listing = section(response.content.decode(), "latest-decisions")
+    assert "placements.deployment *" in listing
+
+
 # Background health.
 
 

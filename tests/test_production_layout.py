@@ -181,11 +181,11 @@ def test_procfile_beat_uses_database_scheduler():
     assert symbol_by_name(scheduler).__name__ == "DatabaseScheduler"
 
 
-def test_procfile_release_migrates_and_sets_schedules():
+def test_procfile_release_prepares_a_deploy():
     steps = [shlex.split(step) for step in read_procfile()["release"].split("&&")]
     commands = get_commands()
 
-    assert [step[2] for step in steps] == ["migrate", "setup_schedules"]
+    assert [step[2] for step in steps] == ["migrate", "collectstatic", "setup_schedules"]
     for step in steps:
         assert step[:2] == ["python", "manage.py"]
         assert step[2] in commands, f"manage.py has no {step[2]} command"

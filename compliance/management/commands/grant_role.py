@@ -37,3 +37,9 @@ class Command(BaseCommand):
             verb = "did not have" if revoke else "already had"
         roles = ", ".join(roles_of(user)) or "none"
         self.stdout.write(f"{username} {verb} the {role} role. Roles: {roles}.")
+        customers = ", ".join(user.customers.order_by("name").values_list("name", flat=True))
+        if customers and user.is_staff:
+            self.stderr.write(
+                f"Warning: {username} is a member of the customers {customers} and is now staff, so they read "
+                "every customer's objects. Revoking the last role takes staff status away again."
+            )
