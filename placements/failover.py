@@ -590,7 +590,10 @@ def condition_for(deployment: Deployment, state: dict | None, placed: int, unmet
     if state is not None and state["state"] == REJECTED:
         return DeploymentCondition.DEGRADED, state["reason"]
     if unmet > 0:
-        reason = f"{placed} of {placed + unmet} replicas placed: short of capacity (tier {deployment.customer.tier})"
+        reason = (
+            f"{placed} of {placed + unmet} replicas placed: short of capacity that its locks and GPU models allow "
+            f"(tier {deployment.customer.tier}); its explanation names the limit"
+        )
         return DeploymentCondition.DEGRADED, reason
     return DeploymentCondition.NORMAL, ""
 
