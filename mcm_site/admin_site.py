@@ -12,6 +12,9 @@ DASHBOARD_REFRESH_S = 15
 
 
 class McmAdminSite(admin.AdminSite):
+    # The dashboard has its own template: overriding admin/index.html would also change every app's
+    # index page, because Django's app_index.html extends it.
+    index_template = "admin/mcm/dashboard_index.html"
     site_header = "MCM operator console"
     site_title = "MCM"
     index_title = "Global pool"

@@ -45,9 +45,9 @@ STALE_AFTER_INTERVALS = 3
 # Rows listed per table before the table links to the filtered changelist.
 ROW_LIMIT = 50
 LATEST_DECISIONS = 15
-# Routine records of carrying out a decision: one per step and repair, so they would crowd out the decisions.
-# The audit trail keeps them; the panel links to it.
-ROUTINE_ACTIONS = ("execution_step.executed", "execution.prepared", "drift.repaired")
+# Routine records: carrying out a decision (one per step and repair) and dry-run previews, which decide
+# nothing. They would crowd out the decisions; the audit trail keeps them, and the panel links to it.
+ROUTINE_ACTIONS = ("execution_step.executed", "execution.prepared", "drift.repaired", "plan.dry_run")
 
 # Permissions each section needs; a superuser has all of them.
 SECTION_PERMISSIONS = {

@@ -352,6 +352,7 @@ def test_cluster_action_without_reason_rejected(superuser_client, fleet):
 
     assert response.status_code == 200
     assert response.context["form"].errors["reason"]
+    assert 'id="reason-missing"' in response.content.decode()
     cluster.refresh_from_db()
     assert cluster.state == ClusterState.ACTIVE
     # The page's dry-run preview of the drain is the only audited event.

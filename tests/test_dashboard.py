@@ -451,12 +451,14 @@ def test_latest_decisions_leave_out_routine_steps(superuser_client, applied_plan
     record_event(actor="ops", action="cluster.draining", subject=("fleet.cluster", 1), reason="Maintenance.")
     for _ in range(20):
         record_event(actor="executor", action="execution_step.executed", subject=acme_chat)
+    record_event(actor="ops", action="plan.dry_run", subject=applied_plan)
 
     listing = section(superuser_client.get(INDEX).content.decode(), "latest-decisions")
 
     actions = re.findall(r'data-action="([^"]+)"', listing)
     assert "cluster.draining" in actions
     assert "execution_step.executed" not in actions
+    assert "plan.dry_run" not in actions
 
 
 def test_decision_about_every_deployment_has_no_link(superuser_client, applied_plan):
@@ -590,3 +592,13 @@ def test_query_count_bounded(client, request, fleet, applied_plan, django_assert
 
     with django_assert_max_num_queries(30):
         assert client.get(INDEX).status_code == 200
+
+
+def test_app_index_pages_keep_django_layout(superuser_client, applied_plan):
+    for app_label in ("placements", "fleet", "compliance", "tasks"):
+        response = superuser_client.get(f"/admin/{app_label}/")
+
+        assert response.status_code == 200
+        html = response.content.decode()
+        assert 'id="world-map"' not in html
+        assert "Figures as of" not in html
