@@ -542,11 +542,11 @@ class PlacementPlanAdmin(ReadOnlyAdmin):
         "version",
         "status",
         "trigger",
-        "objective",
-        "gap",
+        "objective_shown",
+        "gap_shown",
         "solver",
         "solver_status",
-        "solve_seconds",
+        "solve_seconds_shown",
         "created_at",
         "applied_at",
     ]
@@ -576,6 +576,18 @@ class PlacementPlanAdmin(ReadOnlyAdmin):
         ),
         ("Placement", {"fields": ["placement_by_location", "shortfalls"]}),
     ]
+
+    @admin.display(description="objective", ordering="objective")
+    def objective_shown(self, plan):
+        return "-" if plan.objective is None else f"{plan.objective:,.2f}"
+
+    @admin.display(description="gap", ordering="gap")
+    def gap_shown(self, plan):
+        return "-" if plan.gap is None else f"{plan.gap:.2%}"
+
+    @admin.display(description="solve seconds", ordering="solve_seconds")
+    def solve_seconds_shown(self, plan):
+        return "-" if plan.solve_seconds is None else f"{plan.solve_seconds:.2f}"
 
     def get_urls(self):
         urls = [

@@ -726,3 +726,16 @@ def test_customer_cannot_open_preview(client, acme_member):
 
     assert response.status_code == 302
     assert "/admin/login/" in response.url
+
+
+@pytest.mark.django_db
+def test_plan_list_rounds_solver_figures(superuser_client, applied_plan):
+    PlacementPlan.objects.filter(pk=applied_plan.pk).update(
+        objective=46559.55742408179, solve_seconds=0.18931781700030115
+    )
+
+    html = superuser_client.get("/admin/placements/placementplan/").content.decode()
+
+    assert "46,559.56" in html
+    assert "0.19" in html
+    assert "46559.557" not in html
