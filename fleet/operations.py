@@ -313,7 +313,7 @@ def preview_replan(
     changed, and unmet replicas per tier before (current plan) and after (the dry run).
     """
     from placements.models import PlanTrigger
-    from placements.planning import diff_plans, run_plan
+    from placements.planning import run_plan
     from placements.services import current_plan
 
     exclusions = build_exclusions(
@@ -325,11 +325,6 @@ def preview_replan(
     )
     before = current_plan()
     plan = run_plan(actor=actor, trigger=PlanTrigger.OPERATOR, dry_run=True, exclusions=exclusions)
-    diff = diff_plans(before, plan)
-    by_provider: dict[str, int] = {}
-    for location, delta in diff.by_location.items():
-        provider = location.split("/", 1)[0]
-        by_provider[provider] = by_provider.get(provider, 0) + delta
     moves = replica_moves(before, plan)
     before_summary = before.summary if before is not None else {}
     return {
@@ -337,11 +332,11 @@ def preview_replan(
         "plan_version": plan.version,
         "current_plan_version": before.version if before is not None else None,
         "exclusions": exclusions.as_dict(),
-        "replicas_added": diff.added,
-        "replicas_removed": diff.removed,
-        "deployments_changed": diff.deployments_changed,
-        "by_provider": {provider: delta for provider, delta in sorted(by_provider.items()) if delta},
-        "by_region": diff.by_location,
+        "replicas_added": sum(counts["added"] for counts in moves["by_region"].values()),
+        "replicas_removed": sum(counts["removed"] for counts in moves["by_region"].values()),
+        "deployments_changed": moves["deployments_changed"],
+        "by_provider": net_changes(moves["by_provider"]),
+        "by_region": net_changes(moves["by_region"]),
         "moved_by_provider": moves["by_provider"],
         "moved_by_region": moves["by_region"],
         "changed_deployments": moves["deployments"],
@@ -364,8 +359,9 @@ def replica_moves(before, after) -> dict:
     """Count the replicas added and removed per provider, per region and per deployment between two plans.
 
     ``before`` None counts every replica of ``after`` as added. Returns ``by_provider`` and
-    ``by_region`` ({name: {"added", "removed", "net"}}, only where a replica moved) and
-    ``deployments``: up to ``PREVIEW_DEPLOYMENT_LIMIT`` changed deployments, most replicas moved first.
+    ``by_region`` ({name: {"added", "removed", "net"}}, only where a replica moved),
+    ``deployments_changed`` (how many deployments changed) and ``deployments``: up to
+    ``PREVIEW_DEPLOYMENT_LIMIT`` changed deployments, most replicas moved first.
     """
     from placements.planning import plan_placement, region_key
 
@@ -392,8 +388,14 @@ def replica_moves(before, after) -> dict:
     return {
         "by_provider": dict(sorted(by_provider.items())),
         "by_region": dict(sorted(by_region.items())),
+        "deployments_changed": len(by_deployment),
         "deployments": changed_deployment_rows(before, after, old, new, by_deployment),
     }
+
+
+def net_changes(moved: dict[str, dict[str, int]]) -> dict[str, int]:
+    """Return the net replica change of each name in ``moved``, leaving out names whose moves cancel out."""
+    return {name: counts["net"] for name, counts in moved.items() if counts["net"]}
 
 
 def changed_deployment_rows(before, after, old: dict, new: dict, moved: dict[int, dict[str, int]]) -> list[dict]:

@@ -123,7 +123,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    # Serves STATIC_ROOT after collectstatic; with DEBUG=1 it also finds files in the apps, as runserver does.
+    # Serves STATIC_ROOT after collectstatic. With DEBUG=1 it also finds files in the apps, as runserver does.
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -159,9 +159,9 @@ if MCM_EMBEDDED:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": EMBEDDED_DIR / "mcm.sqlite3",
             # The demo's admin server and its control loop write to the file from two threads. A transaction
-            # that starts as a read and then writes fails at once with "database is locked" when the other
-            # thread writes, whatever the timeout, so every transaction takes the write lock when it
-            # begins (IMMEDIATE) and waits up to the timeout for it. WAL lets reads go on meanwhile.
+            # that reads first and then writes fails at once with "database is locked" while the other
+            # thread writes, whatever the timeout. So each transaction takes the write lock when it begins
+            # (IMMEDIATE) and waits up to the timeout for it. WAL lets reads continue meanwhile.
             "OPTIONS": {"timeout": 30, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"},
         }
     }
@@ -275,7 +275,7 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    # Django's own configuration gives the "django" logger a console handler too; one line per record is enough.
+    # Django's own configuration gives the "django" logger a console handler too, which printed each record twice.
     "loggers": {"django": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO"), "propagate": False}},
 }
 
@@ -345,9 +345,9 @@ if MCM_EMBEDDED:
 else:
     MCM_ROUTES_REDIS_URL = os.environ.get("MCM_ROUTES_REDIS_URL", CELERY_BROKER_URL)
 
-# Prometheus metrics at GET /metrics (mcm_site.metrics, docs/metrics.md). A scraper sends
-# "Authorization: Bearer <MCM_METRICS_TOKEN>"; signed-in staff may open the page without it.
-# Empty (the default): only staff sessions are accepted. Use a random value of at least 32 characters.
+# Bearer token of GET /metrics (mcm_site.metrics, docs/metrics.md): a scraper sends
+# "Authorization: Bearer <MCM_METRICS_TOKEN>", and signed-in staff need none. Empty (the default)
+# accepts only staff sessions. Use a random value of at least 32 characters.
 MCM_METRICS_TOKEN = os.environ.get("MCM_METRICS_TOKEN", "").strip()
 if MCM_METRICS_TOKEN and len(MCM_METRICS_TOKEN) < 32:
     raise ImproperlyConfigured(
