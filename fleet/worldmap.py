@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from fleet.models import ClusterHealth
+
 LAND_FILE = Path(__file__).resolve().parent / "mapdata" / "land-110m.json"
 
 # Latitudes shown: from 84 N (north of Greenland's coast) to 58 S (south of Cape Horn).
@@ -218,12 +220,22 @@ def fit_viewbox(
 def scaled_radius(value: float, largest: float, smallest_radius: float, largest_radius: float) -> float:
     """Return a marker radius whose area grows linearly with ``value`` (a square-root scale).
 
-    ``largest`` gets ``largest_radius``; 0 gets ``smallest_radius``, so an empty marker stays visible.
+    ``largest`` gets ``largest_radius``, and 0 gets ``smallest_radius`` so that an empty marker stays visible.
     """
     if largest <= 0 or value <= 0:
         return smallest_radius
     share = math.sqrt(min(value, largest) / largest)
     return round(smallest_radius + (largest_radius - smallest_radius) * share, 2)
+
+
+def region_place(region) -> dict:
+    """Return a ``fleet.models.Region``'s map key ("provider/code"), tooltip label and coordinates."""
+    return {
+        "key": str(region),
+        "label": region.city or region.display_name or region.code,
+        "latitude": region.latitude,
+        "longitude": region.longitude,
+    }
 
 
 @dataclass(frozen=True)
@@ -262,15 +274,35 @@ class RegionMarker:
         return f"{self.key} ({self.label}): {self.health}, {self.clusters} clusters, {self.gpus} GPUs{replicas}"
 
 
-def region_health(region: RegionInput) -> str:
-    """Return the map's health of a region: down when every cluster is lost, degraded when some are lost or suspect."""
-    if region.clusters and region.lost_clusters >= region.clusters:
+def count_lost_and_suspect(clusters: list, states: list) -> tuple[int, int]:
+    """Count the lost clusters, and the suspect ones among the rest.
+
+    ``states`` are the clusters' ``fleet.availability.Availability``, in the same order.
+    """
+    lost = sum(1 for state in states if state.lost)
+    suspect = sum(
+        1
+        for cluster, state in zip(clusters, states, strict=True)
+        if not state.lost and cluster.health == ClusterHealth.SUSPECT
+    )
+    return lost, suspect
+
+
+def clusters_health(clusters: int, lost: int, suspect: int) -> str:
+    """Return the health of a group of clusters: down when every one is lost, degraded when some are lost or suspect."""
+    if clusters and lost >= clusters:
         return DOWN
-    if region.lost_clusters or region.suspect_clusters:
+    if lost or suspect:
         return DEGRADED
-    if region.gpus <= 0:
-        return EMPTY
     return HEALTHY
+
+
+def region_health(region: RegionInput) -> str:
+    """Return the map's health of a region: its clusters' health, or empty when it has no GPUs but all answer."""
+    health = clusters_health(region.clusters, region.lost_clusters, region.suspect_clusters)
+    if health == HEALTHY and region.gpus <= 0:
+        return EMPTY
+    return health
 
 
 @dataclass(frozen=True)
@@ -284,7 +316,7 @@ class RegionMap:
 
 
 def region_map(regions: list[RegionInput]) -> RegionMap:
-    """Place the regions that have clusters on the map; regions without coordinates are listed in ``unplaced``."""
+    """Place the regions that have clusters on the map, and list those without coordinates in ``unplaced``."""
     drawn = [region for region in regions if region.clusters]
     placed = [region for region in drawn if region.latitude is not None and region.longitude is not None]
     unplaced = sorted(region.key for region in drawn if region not in placed)

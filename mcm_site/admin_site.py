@@ -23,17 +23,14 @@ class McmAdminSite(admin.AdminSite):
         fragment = path("dashboard/fragment/", self.admin_view(self.dashboard_fragment), name="dashboard_fragment")
         return [fragment, *super().get_urls()]
 
+    def dashboard_context(self, request) -> dict:
+        return {**map_context(), "dashboard": build_dashboard(request.user), "refresh_s": DASHBOARD_REFRESH_S}
+
     def index(self, request, extra_context=None):
-        context = {
-            **map_context(),
-            "dashboard": build_dashboard(request.user),
-            "refresh_s": DASHBOARD_REFRESH_S,
-            **(extra_context or {}),
-        }
+        context = {**self.dashboard_context(request), **(extra_context or {})}
         return super().index(request, extra_context=context)
 
     def dashboard_fragment(self, request):
-        """Render the dashboard's panels alone; the landing page fetches them every ``DASHBOARD_REFRESH_S``."""
-        context = {**map_context(), "dashboard": build_dashboard(request.user), "refresh_s": DASHBOARD_REFRESH_S}
+        """Render the dashboard's panels alone, which the landing page fetches every ``DASHBOARD_REFRESH_S``."""
         # admin_view() marks the response never_cache, so the browser refetches it every time.
-        return TemplateResponse(request, "admin/mcm/dashboard_panels.html", context)
+        return TemplateResponse(request, "admin/mcm/dashboard_panels.html", self.dashboard_context(request))

@@ -20,7 +20,7 @@ from compliance.models import AuditEvent
 from compliance.roles import AUDIT_VIEW
 from fleet.availability import AvailabilityReader
 from fleet.models import Cluster, ClusterCapacity, ClusterHealth, TelemetrySnapshot
-from fleet.worldmap import RegionInput, RegionMap, region_map
+from fleet.worldmap import RegionInput, RegionMap, count_lost_and_suspect, region_map, region_place
 from placements.models import (
     TIER_ORDER,
     Assignment,
@@ -39,17 +39,18 @@ logger = logging.getLogger(__name__)
 
 # Telemetry counts as stale once the newest of a cluster's heartbeat and successful snapshot is
 # this many heartbeat intervals (MCM_HEARTBEAT_INTERVAL_S) old. The health evaluator counts a
-# heartbeat as missed after 1.5 intervals; three gives collection one more chance before the
+# heartbeat as missed after 1.5 intervals, and three give collection one more chance before the
 # dashboard flags it.
 STALE_AFTER_INTERVALS = 3
 # Rows listed per table before the table links to the filtered changelist.
 ROW_LIMIT = 50
 LATEST_DECISIONS = 15
 # Routine records: carrying out a decision (one per step and repair) and dry-run previews, which decide
-# nothing. They would crowd out the decisions; the audit trail keeps them, and the panel links to it.
+# nothing. They would crowd out the decisions, so the panel leaves them out and links to the audit
+# trail, which keeps them.
 ROUTINE_ACTIONS = ("execution_step.executed", "execution.prepared", "drift.repaired", "plan.dry_run")
 
-# Permissions each section needs; a superuser has all of them.
+# Permissions each section needs. A superuser has all of them.
 SECTION_PERMISSIONS = {
     "map": ("fleet.view_cluster", "fleet.view_region"),
     "replicas": ("placements.view_assignment",),
@@ -63,7 +64,7 @@ SECTION_PERMISSIONS = {
 }
 
 NO_PREFERENCE = "(no preferred region)"
-# Reasons a cluster is in trouble, the worst first; the table lists clusters in this order.
+# Reasons a cluster is in trouble, the worst first. The table lists clusters in this order.
 TROUBLE_SEVERITY = {"down": 0, "suspect": 1, "drifting": 2, "stale": 3}
 
 
@@ -156,7 +157,7 @@ class Dashboard:
 
 
 def build_dashboard(user, *, now: datetime | None = None) -> Dashboard:
-    """Read every section ``user`` may view; ``now`` fixes the time that ages and staleness count from."""
+    """Read every section ``user`` may view. ``now`` fixes the time that ages and staleness count from."""
     now = now or timezone.now()
     sections = allowed_sections(user)
     dashboard = Dashboard(now=now, sections=sections)
@@ -254,17 +255,10 @@ def region_inputs(clusters: list[Cluster], availability: dict, placed: dict) -> 
         by_region[cluster.region_id].append(cluster)
     inputs = []
     for members in by_region.values():
-        region = members[0].region
-        lost = sum(1 for cluster in members if availability[cluster.pk].lost)
-        suspect = sum(
-            1 for cluster in members if not availability[cluster.pk].lost and cluster.health == ClusterHealth.SUSPECT
-        )
+        lost, suspect = count_lost_and_suspect(members, [availability[cluster.pk] for cluster in members])
         inputs.append(
             RegionInput(
-                key=f"{region.provider.name}/{region.code}",
-                label=region.city or region.display_name or region.code,
-                latitude=region.latitude,
-                longitude=region.longitude,
+                **region_place(members[0].region),
                 clusters=len(members),
                 lost_clusters=lost,
                 suspect_clusters=suspect,
@@ -444,7 +438,7 @@ def background_health(now: datetime) -> dict:
     """Return late schedules and the queue backlog from ``tasks.health``, or why they are unavailable.
 
     ``tasks.health`` is imported here, at call time, so the dashboard keeps working on an
-    installation without it; the box then shows "unavailable" and the reason.
+    installation without it. The box then shows "unavailable" and the reason.
     """
     try:
         from tasks import health

@@ -336,14 +336,15 @@ def reconcile_metrics():
 
 def failover_metrics(now: datetime):
     durations, unfinished = failover_durations(now)
+    counts = {
+        f"le_{index}": sum(1 for duration in durations if duration <= bound)
+        for index, bound in enumerate(FAILOVER_SECONDS_BUCKETS)
+    }
     histogram = GaugeHistogramMetricFamily(
         "mcm_failover_duration_seconds",
         "Seconds from the fault (first missed heartbeat, or the start of a declared outage) to every replacement "
         "replica ready, for failovers decided in the last day.",
-        buckets=[
-            *((str(float(bound)), sum(1 for d in durations if d <= bound)) for bound in FAILOVER_SECONDS_BUCKETS),
-            ("+Inf", len(durations)),
-        ],
+        buckets=histogram_buckets(counts, FAILOVER_SECONDS_BUCKETS, len(durations)),
         gsum_value=sum(durations),
     )
     last = GaugeMetricFamily(

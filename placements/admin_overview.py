@@ -21,16 +21,16 @@ from compliance.admin import effective_lock_html
 from compliance.models import AuditEvent
 from compliance.roles import AUDIT_VIEW, LOCK_VIEW
 from fleet.availability import AvailabilityReader
-from fleet.models import Cluster, ClusterHealth
+from fleet.models import Cluster
 from fleet.worldmap import (
-    DEGRADED,
-    DOWN,
-    HEALTHY,
     REGION_MAX_RADIUS,
     REGION_MIN_RADIUS,
+    clusters_health,
+    count_lost_and_suspect,
     fit_viewbox,
     map_context,
     project,
+    region_place,
     scaled_radius,
 )
 from placements.admin_routes import CityForm, city_choices
@@ -82,14 +82,10 @@ def replica_sites(deployment: Deployment, plan: PlacementPlan | None) -> tuple[l
         grouped.setdefault(assignment.cluster.region_id, []).append(assignment)
     sites = []
     for rows in grouped.values():
-        region = rows[0].cluster.region
         clusters = sorted({row.cluster for row in rows}, key=lambda cluster: cluster.name)
         sites.append(
             ReplicaSite(
-                key=f"{region.provider.name}/{region.code}",
-                label=region.city or region.display_name or region.code,
-                latitude=region.latitude,
-                longitude=region.longitude,
+                **region_place(rows[0].cluster.region),
                 clusters=[cluster.name for cluster in clusters],
                 replicas=sum(row.replicas for row in rows),
                 health=worst_health(clusters, reader),
@@ -106,12 +102,8 @@ def replica_sites(deployment: Deployment, plan: PlacementPlan | None) -> tuple[l
 
 
 def worst_health(clusters: list[Cluster], reader: AvailabilityReader) -> str:
-    states = [reader(cluster) for cluster in clusters]
-    if all(state.lost for state in states):
-        return DOWN
-    if any(state.lost for state in states) or any(cluster.health == ClusterHealth.SUSPECT for cluster in clusters):
-        return DEGRADED
-    return HEALTHY
+    lost, suspect = count_lost_and_suspect(clusters, [reader(cluster) for cluster in clusters])
+    return clusters_health(len(clusters), lost, suspect)
 
 
 def origin_rows(deployment: Deployment, sites: list[ReplicaSite]) -> list[dict]:
@@ -214,6 +206,8 @@ def overview_view(model_admin: admin.ModelAdmin, request, object_id: int):
     assignments, sites = replica_sites(deployment, plan)
     form, answer, route_lines = route_answer(request, deployment)
     user = request.user
+    can_view_lock = user.has_perm(LOCK_VIEW)
+    can_view_audit = user.has_perm(AUDIT_VIEW)
     context = {
         **model_admin.admin_site.each_context(request),
         "opts": model_admin.model._meta,
@@ -229,15 +223,15 @@ def overview_view(model_admin: admin.ModelAdmin, request, object_id: int):
         "explanation": explain_for_customer(deployment),
         "scaling": list(ScalingDecision.objects.filter(deployment=deployment).select_related("plan")[:SCALING_ROWS]),
         "autoscaling": getattr(deployment, "autoscaling", None),
-        "can_view_lock": user.has_perm(LOCK_VIEW),
-        "lock_html": effective_lock_html(deployment) if user.has_perm(LOCK_VIEW) else "",
-        "can_view_audit": user.has_perm(AUDIT_VIEW),
+        "can_view_lock": can_view_lock,
+        "lock_html": effective_lock_html(deployment) if can_view_lock else "",
+        "can_view_audit": can_view_audit,
         "audit": list(
             AuditEvent.objects.visible_to(user)
             .filter(audit_filter(deployment))
             .order_by("-created_at", "-id")[:AUDIT_ROWS]
         )
-        if user.has_perm(AUDIT_VIEW)
+        if can_view_audit
         else [],
     }
     context.update(map_context())

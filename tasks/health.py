@@ -186,7 +186,7 @@ _warnings_suppressed = 0
 
 
 def warn_broker_unreadable(message: str, *args) -> None:
-    """Log ``message`` and the count of warnings left out before it, unless one was logged in the last minute."""
+    """Log ``message`` with the count of warnings suppressed since the last, unless one was logged within a minute."""
     global _last_warning_at, _warnings_suppressed
     with _warning_lock:
         now = time.monotonic()
@@ -194,4 +194,4 @@ def warn_broker_unreadable(message: str, *args) -> None:
             _warnings_suppressed += 1
             return
         suppressed, _warnings_suppressed, _last_warning_at = _warnings_suppressed, 0, now
-    logger.warning("%s (%s similar warnings left out in the last minute)", message % args, suppressed)
+    logger.warning("%s (%s similar warnings suppressed since the last one)", message % args, suppressed)

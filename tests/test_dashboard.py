@@ -142,7 +142,7 @@ def test_fragment_redirects_anonymous_to_login(client):
     assert response["Location"].startswith(reverse("admin:login"))
 
 
-def test_dashboard_without_role_shows_nothing_of_the_pool(client, no_role, applied_plan):
+def test_dashboard_without_role_hides_pool(client, no_role, applied_plan):
     response = login(client, no_role).get(INDEX)
 
     assert response.status_code == 200
@@ -152,7 +152,7 @@ def test_dashboard_without_role_shows_nothing_of_the_pool(client, no_role, appli
     assert "no role" in html
 
 
-def test_compliance_officer_sees_decisions_but_not_the_pool(client, compliance_officer, applied_plan):
+def test_compliance_sees_decisions_not_pool(client, compliance_officer, applied_plan):
     record_event(actor="scheduler", action="plan.applied", subject=applied_plan)
 
     html = login(client, compliance_officer).get(INDEX).content.decode()
@@ -265,7 +265,7 @@ def test_decode_arcs_sums_deltas_and_transforms():
 def test_ring_points_reverses_negative_arc_index():
     arcs = [[(0.0, 0.0), (1.0, 0.0)], [(0.0, 1.0), (1.0, 0.0)]]
 
-    # ~1 is arc 1 reversed; the shared point (1, 0) appears once.
+    # ~1 is arc 1 reversed, and the shared point (1, 0) appears once.
     assert worldmap.ring_points([0, ~1], arcs) == [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)]
 
 
@@ -314,13 +314,13 @@ def test_capacity_by_sku_counts_mcm_and_other_use(superuser_client, applied_plan
     html = superuser_client.get(INDEX).content.decode()
 
     # name, GPUs, used, by MCM, by others, free, use, unmet replicas.
-    # H100: 16 + 8 + 16 GPUs, 36 allocatable; acme/chat runs 3 replicas x 2 GPUs; others use 4 + 8.
+    # H100: 16 + 8 + 16 GPUs, 36 allocatable. acme/chat runs 3 replicas x 2 GPUs, and others use 4 + 8.
     assert table_row(html, "capacity-by-sku", "H100") == ["H100", "40", "18", "6", "12", "18", "50%", "0"]
-    # L4: 8 + 32 GPUs; globex/search runs 1 replica x 1 GPU and misses 1; others use 10.
+    # L4: 8 + 32 GPUs. globex/search runs 1 replica x 1 GPU and misses 1, and others use 10.
     assert table_row(html, "capacity-by-sku", "L4") == ["L4", "40", "11", "1", "10", "29", "28%", "1"]
 
 
-def test_capacity_by_provider_puts_unmet_under_first_preference(superuser_client, applied_plan):
+def test_provider_unmet_under_first_preference(superuser_client, applied_plan):
     html = superuser_client.get(INDEX).content.decode()
 
     assert table_row(html, "capacity-by-provider", "aws")[:4] == ["aws", "48", "18", "6"]
@@ -481,7 +481,7 @@ def test_background_health_unavailable_without_module(superuser_client, fleet, n
     assert "unavailable" in box
 
 
-def test_background_health_shows_late_schedules_and_backlog(superuser_client, fleet, background_health):
+def test_background_health_shows_late_and_backlog(superuser_client, fleet, background_health):
     box = section(superuser_client.get(INDEX).content.decode(), "background-health")
 
     assert re.findall(r'data-schedule="([^"]+)"', box) == ["plan placements"]

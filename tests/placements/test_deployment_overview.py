@@ -80,7 +80,7 @@ def section(html: str, element_id: str) -> str:
 
 
 @pytest.mark.parametrize("persona", ["superuser", "ops", "auditor", "compliance_role"])
-def test_overview_renders_for_staff_who_view_deployments(client, request, planned, acme_chat, persona):
+def test_overview_renders_for_staff_roles(client, request, planned, acme_chat, persona):
     client.force_login(request.getfixturevalue(persona))
 
     response = client.get(overview_url(acme_chat))
@@ -203,7 +203,7 @@ def test_scaling_section_lists_decisions(superuser_client, planned, acme_chat):
     assert f"v{planned.version}" in scaling
 
 
-def test_audit_section_lists_deployment_and_lock_events(superuser_client, planned, acme_chat, globex_search):
+def test_audit_lists_deployment_and_lock_events(superuser_client, planned, acme_chat, globex_search):
     audit = section(superuser_client.get(overview_url(acme_chat)).content.decode(), "deployment-audit")
 
     actions = re.findall(r'data-action="([^"]+)"', audit)
@@ -222,7 +222,7 @@ def test_audit_section_keeps_deleted_lock_history(superuser_client, planned, acm
     assert "contract ended" in audit
 
 
-def test_audit_section_leaves_out_other_customers_locks(superuser_client, planned, globex_search, acme_chat):
+def test_audit_omits_other_customers_locks(superuser_client, planned, globex_search, acme_chat):
     audit = section(superuser_client.get(overview_url(globex_search)).content.decode(), "deployment-audit")
 
     assert "lock.created" not in re.findall(r'data-action="([^"]+)"', audit)
@@ -236,7 +236,7 @@ def test_overview_without_plan_says_so(superuser_client, acme_chat):
     assert "The autoscaler has not changed this deployment." in section(html, "deployment-scaling")
 
 
-def test_overview_of_deployment_the_plan_leaves_unplaced(superuser_client, applied_plan, acme_chat):
+def test_overview_of_unplaced_deployment(superuser_client, applied_plan, acme_chat):
     applied_plan.assignments.filter(deployment=acme_chat).delete()
 
     html = superuser_client.get(overview_url(acme_chat)).content.decode()
