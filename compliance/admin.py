@@ -19,6 +19,7 @@ from compliance.lock_services import (
     validate_lock,
 )
 from compliance.models import AuditEvent, LockChange, PlacementLock
+from fleet.admin_telemetry import ReadOnlyAdmin
 
 
 class PlacementLockAdminForm(forms.ModelForm):
@@ -143,7 +144,7 @@ def effective_lock_html(deployment) -> str:
 
 
 @admin.register(LockChange)
-class LockChangeAdmin(admin.ModelAdmin):
+class LockChangeAdmin(ReadOnlyAdmin):
     """The history of lock changes: read-only, like the audit trail."""
 
     list_display = ["changed_at", "lock_pk", "action", "actor_label", "reason"]
@@ -151,15 +152,6 @@ class LockChangeAdmin(admin.ModelAdmin):
     search_fields = ["=lock_pk", "actor_label", "reason"]
     fields = ["changed_at", "lock_pk", "lock", "action", "actor", "actor_label", "reason", "before", "after"]
     readonly_fields = fields
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
 
 
 AUDIT_EVENT_FIELDS = ("created_at", "actor", "actor_label", "action", "subject_type", "subject_id", "reason", "changes")

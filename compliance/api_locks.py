@@ -13,6 +13,7 @@ from rest_framework.decorators import action
 from rest_framework.permissions import DjangoModelPermissions
 
 from compliance.lock_services import LIST_FIELDS, create_lock, delete_lock, update_lock
+from compliance.locks import RELATED
 from compliance.models import LockChange, PlacementLock
 from mcm_site.api import ModelViewSet
 
@@ -65,7 +66,7 @@ class PlacementLockSerializer(serializers.ModelSerializer):
         source="deployment_id", required=False, allow_null=True, help_text="Deployment id, for a deployment lock."
     )
     allowed_regions = NamesField(
-        to_name=lambda region: f"{region.provider.name}/{region.code}",
+        to_name=str,
         help_text="'provider/code' keys; empty allows any.",
     )
     allowed_jurisdictions = serializers.ListField(child=serializers.CharField(), required=False)
@@ -138,7 +139,7 @@ class PlacementLockViewSet(ModelViewSet):
 
     queryset = (
         PlacementLock.objects.select_related("customer", "deployment__customer")
-        .prefetch_related("allowed_regions__provider", "allowed_providers", "excluded_providers")
+        .prefetch_related(*RELATED)
         .order_by("pk")
     )
     serializer_class = PlacementLockSerializer

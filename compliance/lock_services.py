@@ -28,6 +28,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models import Q
 
+from compliance.locks import RELATED
 from compliance.models import LEVEL_ORDER, LockChange, LockLevel, PlacementLock
 from compliance.services import record_event
 from fleet.models import Provider, Region
@@ -56,13 +57,10 @@ class LockRules:
     capabilities: set[str] = field(default_factory=set)
 
 
-def region_key(region: Region) -> str:
-    return f"{region.provider.name}/{region.code}"
-
-
 def rules_of(lock: PlacementLock) -> LockRules:
     return LockRules(
-        regions={region_key(region): region for region in lock.allowed_regions.select_related("provider")},
+        # .all() reads the prefetch of _locks, which every caller's locks come from.
+        regions={str(region): region for region in lock.allowed_regions.all()},
         jurisdictions=set(lock.allowed_jurisdictions),
         providers={provider.name for provider in lock.allowed_providers.all()},
         excluded={provider.name for provider in lock.excluded_providers.all()},
@@ -72,7 +70,7 @@ def rules_of(lock: PlacementLock) -> LockRules:
 
 def rules_from_cleaned(cleaned: Mapping[str, Any]) -> LockRules:
     return LockRules(
-        regions={region_key(region): region for region in cleaned["allowed_regions"]},
+        regions={str(region): region for region in cleaned["allowed_regions"]},
         jurisdictions=set(cleaned["allowed_jurisdictions"]),
         providers={provider.name for provider in cleaned["allowed_providers"]},
         excluded={provider.name for provider in cleaned["excluded_providers"]},
@@ -99,9 +97,9 @@ def level_of(customer, deployment) -> str:
 def forbidden_by(higher: LockRules, lower: LockRules, *, by: str = "lower") -> dict[str, list[str]]:
     """Return what ``lower`` lists that ``higher`` forbids, by field: {field: [what, ...]}.
 
-    ``by="lower"`` keys each item by the field of ``lower`` that lists it (the lock being written is
-    the lower one); ``by="higher"`` keys it by the rule of ``higher`` that forbids it (the lock
-    being written is the higher one, and that rule is what the writer would change).
+    ``by="lower"`` keys each item by the field of ``lower`` that lists it, for when the lock being
+    written is the lower one. ``by="higher"`` keys it by the rule of ``higher`` that forbids it, for
+    when the lock being written is the higher one, because that rule is what the writer would change.
     """
     found: dict[str, list[str]] = {}
 
@@ -158,7 +156,7 @@ def _locks(query: Q, exclude_pk) -> Iterable[PlacementLock]:
     rows = PlacementLock.objects.filter(query).select_related("customer", "deployment__customer")
     if exclude_pk is not None:
         rows = rows.exclude(pk=exclude_pk)
-    return rows.prefetch_related("allowed_regions__provider", "allowed_providers", "excluded_providers").order_by("pk")
+    return rows.prefetch_related(*RELATED).order_by("pk")
 
 
 def check_hierarchy(cleaned: Mapping[str, Any], *, instance: PlacementLock | None = None) -> None:
@@ -364,23 +362,20 @@ def record_seeded_lock(*, actor, lock: PlacementLock) -> None:
 
 
 def _record(*, actor, action: str, lock_pk: int, lock, reason: str, before, after, replan: bool = True) -> None:
-    user, label = (
-        (None, actor or "system") if isinstance(actor, str) or actor is None else (actor, actor.get_username())
+    event = record_event(
+        actor=actor,
+        action=f"lock.{action}",
+        subject=(PlacementLock._meta.label_lower, lock_pk),
+        reason=reason,
+        before=before,
+        after=after,
     )
     LockChange.objects.create(
         lock=lock,
         lock_pk=lock_pk,
         action=action,
-        actor=user,
-        actor_label=label,
-        reason=reason,
-        before=before,
-        after=after,
-    )
-    record_event(
-        actor=actor,
-        action=f"lock.{action}",
-        subject=(PlacementLock._meta.label_lower, lock_pk),
+        actor=event.actor,
+        actor_label=event.actor_label,
         reason=reason,
         before=before,
         after=after,
@@ -507,10 +502,10 @@ def region_violations(regions: Iterable[Region], *, customer: Customer | None, d
     locks = [(lock, rules_of(lock)) for lock in locks_binding(customer, deployment)]
     messages = []
     for region in regions:
-        wanted = LockRules(regions={region_key(region): region})
+        requested = LockRules(regions={str(region): region})
         for lock, rules in locks:
-            if forbidden_by(rules, wanted):
-                messages.append(f"Region {region_key(region)} is forbidden by {describe(lock)}.")
+            if forbidden_by(rules, requested):
+                messages.append(f"Region {region} is forbidden by {describe(lock)}.")
                 break
     return messages
 

@@ -119,7 +119,7 @@ def permissions_by_name(names: Iterable[str]) -> Iterable[Permission]:
         app_label, _, codename = name.partition(".")
         permission = Permission.objects.filter(content_type__app_label=app_label, codename=codename).first()
         if permission is None:
-            logger.info("Permission %s does not exist yet; roles get it after the migrate that creates it", name)
+            logger.info("Permission %s not found: roles get it after the migrate that creates it", name)
             continue
         yield permission
 

@@ -4,6 +4,8 @@ Tokens are created and revoked through the API (``placements.tokens``), which au
 """
 
 from django.contrib import admin
+from django.db.models import Q
+from django.utils import timezone
 
 from fleet.admin_telemetry import ReadOnlyAdmin
 from placements.models import ApiToken
@@ -18,7 +20,9 @@ class TokenStateFilter(admin.SimpleListFilter):
 
     def queryset(self, request, queryset):
         if self.value() == "active":
-            return queryset.filter(revoked_at__isnull=True)
+            # Active as the API's ``active`` field reads it: neither revoked nor expired.
+            unexpired = Q(expires_at__isnull=True) | Q(expires_at__gt=timezone.now())
+            return queryset.filter(unexpired, revoked_at__isnull=True)
         if self.value() == "revoked":
             return queryset.filter(revoked_at__isnull=False)
         return queryset

@@ -83,8 +83,8 @@ class ApiTokenViewSet(
         token = self.get_object()
         if not can_revoke(request.user, token):
             raise PermissionDenied(
-                f"Token {token.prefix} belongs to another user; "
-                "revoking it needs the ops role (permission placements.change_apitoken)."
+                f"Token {token.prefix} belongs to another user. "
+                "Revoking it needs the ops role (permission placements.change_apitoken)."
             )
         reason = RevokeSerializer(data=request.data) if request.data else None
         if reason is not None:

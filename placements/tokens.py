@@ -58,8 +58,8 @@ def validate_token_fields(*, name, expires_at) -> tuple[str, datetime | None]:
     elif len(name.strip()) > NAME_MAX_LENGTH:
         errors["name"] = [f"The name is {len(name.strip())} characters long: use at most {NAME_MAX_LENGTH}."]
     if expires_at is not None and (not isinstance(expires_at, datetime) or expires_at <= timezone.now()):
-        shown = expires_at.isoformat() if isinstance(expires_at, datetime) else repr(expires_at)
-        errors["expires_at"] = [f"{shown} is not in the future: give a later time, or none for no expiry."]
+        expiry_text = expires_at.isoformat() if isinstance(expires_at, datetime) else repr(expires_at)
+        errors["expires_at"] = [f"{expiry_text} is not in the future: give a later time, or none for no expiry."]
     if errors:
         raise ValidationError(errors)
     return name.strip(), expires_at

@@ -82,54 +82,24 @@ CASES = [
     Case("deployment-detail", "put", HIDDEN, "deployments/{b_deployment}/", {"name": "search", "sku": "H100"}),
     Case("deployment-detail", "patch", HIDDEN, "deployments/{b_deployment}/", {"desired_replicas": 4}),
     Case("deployment-detail", "delete", HIDDEN, "deployments/{b_deployment}/"),
-    Case(
-        "deployment-explain",
-        "get",
-        HIDDEN,
-        "deployments/{b_deployment}/explain/",
-        own_path="deployments/{a_deployment}/explain/",
-    ),
-    Case(
-        "deployment-explanation",
-        "get",
-        HIDDEN,
-        "deployments/{b_deployment}/explanation/",
-        own_path="deployments/{a_deployment}/explanation/",
-    ),
-    Case(
-        "deployment-placement",
-        "get",
-        HIDDEN,
-        "deployments/{b_deployment}/placement/",
-        own_path="deployments/{a_deployment}/placement/",
-    ),
-    Case(
-        "deployment-scaling",
-        "get",
-        HIDDEN,
-        "deployments/{b_deployment}/scaling/",
-        own_path="deployments/{a_deployment}/scaling/",
-    ),
-    Case(
-        "deployment-route",
-        "get",
-        HIDDEN,
-        "deployments/{b_deployment}/route/?latitude=50&longitude=8",
-        own_path="deployments/{a_deployment}/route/?latitude=50&longitude=8",
-    ),
-    Case(
-        "deployment-route-no-slash",
-        "get",
-        HIDDEN,
-        "deployments/{b_deployment}/route?latitude=50&longitude=8",
-        own_path="deployments/{a_deployment}/route?latitude=50&longitude=8",
-    ),
-    Case(
-        "deployment-traffic",
-        "get",
-        HIDDEN,
-        "deployments/{b_deployment}/traffic/",
-        own_path="deployments/{a_deployment}/traffic/",
+    # Read-only views of one deployment: globex's is hidden, acme's own is served.
+    *(
+        Case(
+            name,
+            "get",
+            HIDDEN,
+            f"deployments/{{b_deployment}}/{suffix}",
+            own_path=f"deployments/{{a_deployment}}/{suffix}",
+        )
+        for name, suffix in (
+            ("deployment-explain", "explain/"),
+            ("deployment-explanation", "explanation/"),
+            ("deployment-placement", "placement/"),
+            ("deployment-scaling", "scaling/"),
+            ("deployment-route", "route/?latitude=50&longitude=8"),
+            ("deployment-route-no-slash", "route?latitude=50&longitude=8"),
+            ("deployment-traffic", "traffic/"),
+        )
     ),
     # Plans span every customer: staff only.
     Case("plan-list", "get", FORBIDDEN, "plans/"),

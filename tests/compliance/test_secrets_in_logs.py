@@ -1,9 +1,10 @@
 """A cluster's bearer token never reaches a log record, an API response, an admin page or the audit trail.
 
 The cluster is an emulated Kubernetes API on 127.0.0.1 reached through the real ``kubernetes`` client.
-Every logger runs at DEBUG, the ``kubernetes`` client's and urllib3's included, while MCM registers the
-cluster, reads it with the right token, reads it again after the token was replaced by a wrong one (an
-authentication failure, whose error path logs the most), and then staff open its pages.
+Every logger runs at DEBUG, the ``kubernetes`` client's and urllib3's included. Meanwhile MCM registers
+the cluster and reads it with the right token. It then reads it again after the token was replaced by a
+wrong one, because that authentication failure takes the error path, which logs the most. Finally, staff
+open its pages.
 """
 
 import logging
@@ -33,7 +34,7 @@ def emulated() -> Iterator[EmulatedCluster]:
         yield started
 
 
-def test_cluster_token_stays_out_of_logs_pages_and_trail(fleet, emulated, tmp_path, superuser_client, ops, caplog):
+def test_cluster_token_never_exposed(fleet, emulated, tmp_path, superuser_client, ops, caplog):
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     cluster = fleet.clusters["aws-use1-a"]
@@ -54,7 +55,7 @@ def test_cluster_token_stays_out_of_logs_pages_and_trail(fleet, emulated, tmp_pa
             token_client(ops).get("/api/v1/audit-events/export.csv"),
         ]
 
-    assert failed.ok is False  # the wrong token was refused, so the error path ran
+    assert failed.ok is False  # the wrong token was rejected, so the error path ran
     assert [page.status_code for page in pages] == [200] * len(pages)
     # The run logged enough to make the check mean something: the kubernetes client's own requests.
     assert any(record.name.startswith("urllib3") for record in caplog.records)

@@ -305,3 +305,15 @@ def test_admin_is_read_only_without_secret(superuser_client, acme_token):
     response = superuser_client.post(f"/admin/placements/apitoken/{token.pk}/delete/", {"post": "yes"})
     assert response.status_code == 403
     assert ApiToken.objects.filter(pk=token.pk).exists()
+
+
+@pytest.mark.django_db
+def test_admin_active_filter_leaves_out_expired(superuser_client, acme_member):
+    live, _ = create_api_token(actor=acme_member, user=acme_member, name="live")
+    expired, _ = create_api_token(actor=acme_member, user=acme_member, name="expired")
+    ApiToken.objects.filter(pk=expired.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
+
+    html = superuser_client.get("/admin/placements/apitoken/", {"state": "active"}).content.decode()
+
+    assert live.prefix in html
+    assert expired.prefix not in html

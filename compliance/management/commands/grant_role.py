@@ -20,7 +20,7 @@ class Command(BaseCommand):
         parser.add_argument(
             "--reason",
             default="",
-            help="Why; stored in the audit trail. Defaults to a note that the command made the change.",
+            help="Reason for the change, stored in the audit trail. Defaults to a note that the command made it.",
         )
 
     def handle(self, *args, username, role, revoke, reason, **options):
